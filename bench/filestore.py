@@ -1,0 +1,301 @@
+"""The model-file pipe against plain boto3, to the same S3 server (issue 4's benchmark).
+
+Method: one run starts moto's S3 server on loopback (no MinIO binary can be installed
+here), the registry and the file store (``FILESTORE_STORAGE=s3`` on that server), then
+times, side by side:
+
+* one large file (``--large-mib``, default 2048): ``pipe.import_file`` vs boto3
+  ``upload_file`` (its default multipart settings), and ``pipe.pull_file`` vs boto3
+  ``download_file`` in one stream (moto serves each ranged GET by copying the whole object,
+  so boto3's default parallel ranged download is quadratic there);
+* a folder of many small files (``--files``, default 1000 of 4 KiB): ``pipe.import_dir``
+  vs boto3 ``upload_file`` per file, and ``pipe.pull_dir`` vs ``download_file`` per file;
+* a second ``import_dir`` of the unchanged folder (uploads counted by the file store's own
+  metrics: PUTs of files, packs, starts of direct uploads).
+
+``--mode`` picks how the pipe's bytes travel (what the file store offers): ``default``
+uploads through the file store (client -> file store -> S3, which checks the SHA-256 on the
+way) and downloads straight from S3 (presigned); ``direct`` also uploads straight to S3 and
+the file store then re-reads and copies the file; ``through`` passes every byte through the
+file store. boto3's bytes always go straight to S3. The pipe also hashes every file before
+it pushes (content addressing), which boto3 does not. The file store's peak resident memory
+(VmHWM) is read from /proc after the run.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import httpx
+from boto3.s3.transfer import TransferConfig
+
+from modelcloud.pipe import ModelFile
+
+BIN = Path(sys.executable).parent
+# moto answers each ranged GET by copying the whole object, so boto3's default parallel
+# ranged download is quadratic there (512 MiB: 24 s); one stream is boto3's best on it.
+ONE_STREAM = TransferConfig(multipart_threshold=1 << 62)
+MODES = {
+    "default": (
+        "uploads through the file store, presigned downloads",
+        {"FILESTORE_DIRECT_UPLOADS": "false", "FILESTORE_DIRECT_DOWNLOADS": "true"},
+    ),
+    "direct": (
+        "presigned uploads and downloads",
+        {"FILESTORE_DIRECT_UPLOADS": "true", "FILESTORE_DIRECT_DOWNLOADS": "true"},
+    ),
+    "through": (
+        "every byte through the file store",
+        {"FILESTORE_DIRECT_UPLOADS": "false", "FILESTORE_DIRECT_DOWNLOADS": "false"},
+    ),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(args: list[str], env: dict[str, str], ready: str | None) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            if ready is None or httpx.get(ready).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{args[0]} did not start")
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident memory of a process so far, in KiB."""
+    return next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _is_upload(metric_line: str) -> bool:
+    """PUT of one file, a pack of many, or the start of a direct upload."""
+    return 'method="PUT"' in metric_line or (
+        'method="POST"' in metric_line
+        and any(f'/{kind}"' in metric_line for kind in ("packs", "uploads"))
+    )
+
+
+def puts(filestore: str) -> float:
+    lines = httpx.get(f"{filestore}/metrics").text.splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("http_requests_total") and _is_upload(line)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-mib", type=int, default=2048)
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="64 MiB and 100 files")
+    parser.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="default",
+        help="; ".join(f"{name}: {text}" for name, (text, _) in MODES.items()),
+    )
+    args = parser.parse_args()
+    large_mib, count = (64, 100) if args.quick else (args.large_mib, args.files)
+
+    work = Path(tempfile.mkdtemp(prefix="mc-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "FILESTORE_"))}
+    env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    s3 = f"http://127.0.0.1:{free_port()}"
+    registry = f"http://127.0.0.1:{free_port()}"
+    filestore = f"http://127.0.0.1:{free_port()}"
+    processes = []
+    try:
+        processes.append(
+            start(
+                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", s3.rsplit(":", 1)[1]], env, s3
+            )
+        )
+        token = subprocess.run(
+            [
+                str(BIN / "modelcloud"),
+                "registry",
+                "create-admin",
+                "bench",
+                "--data-dir",
+                str(work / "r"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        processes.append(
+            start(
+                [
+                    str(BIN / "modelcloud"),
+                    "serve",
+                    "registry",
+                    "--port",
+                    registry.rsplit(":", 1)[1],
+                    "--data-dir",
+                    str(work / "r"),
+                ],
+                env,
+                f"{registry}/readyz",
+            )
+        )
+        httpx.post(
+            f"{registry}/v1/projects",
+            json={"name": "bench"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        store_env = env | {
+            "FILESTORE_REGISTRY_URL": registry,
+            "FILESTORE_STORAGE": "s3",
+            "FILESTORE_S3_ENDPOINT_URL": s3,
+            "FILESTORE_S3_ACCESS_KEY_ID": "test",
+            "FILESTORE_S3_SECRET_ACCESS_KEY": "test",
+            **MODES[args.mode][1],
+        }
+        store = start(
+            [
+                str(BIN / "modelcloud"),
+                "serve",
+                "filestore",
+                "--port",
+                filestore.rsplit(":", 1)[1],
+                "--data-dir",
+                str(work / "f"),
+            ],
+            store_env,
+            f"{filestore}/readyz",
+        )
+        processes.append(store)
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",  # noqa: S106 - moto takes any key
+        )
+        client.create_bucket(Bucket="plain")
+        pipe = ModelFile(
+            "bench", "v1", server=filestore, project="bench", token=token, quiet=True
+        ).filepipe()
+        # The small files get a version of their own: pull_dir pulls a whole version.
+        small_pipe = ModelFile(
+            "bench", "v2", server=filestore, project="bench", token=token, quiet=True
+        ).filepipe()
+        idle_kib = vm_hwm(store.pid)
+
+        large = work / "large.bin"
+        with large.open("wb") as out:
+            for _ in range(large_mib):
+                out.write(os.urandom(1 << 20))
+        small = work / "small"
+        small.mkdir()
+        for i in range(count):
+            (small / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
+
+        rows = [
+            (
+                "large upload",
+                large_mib,
+                timed(lambda: pipe.import_file(large)),
+                timed(lambda: client.upload_file(str(large), "plain", "large.bin")),
+            ),
+            (
+                "large download",
+                large_mib,
+                timed(lambda: pipe.pull_file("large.bin", work / "pulled.bin")),
+                timed(
+                    lambda: client.download_file(
+                        "plain", "large.bin", str(work / "plain.bin"), Config=ONE_STREAM
+                    )
+                ),
+            ),
+        ]
+        small_mib = count * 4096 / (1 << 20)
+        rows.append(
+            (
+                "small files upload",
+                small_mib,
+                timed(lambda: small_pipe.import_dir(small, subdir="small")),
+                timed(
+                    lambda: [
+                        client.upload_file(str(p), "plain", f"small/{p.name}")
+                        for p in sorted(small.iterdir())
+                    ]
+                ),
+            )
+        )
+        (work / "pulled_small").mkdir()
+        (work / "plain_small").mkdir()
+        rows.append(
+            (
+                "small files download",
+                small_mib,
+                timed(lambda: small_pipe.pull_dir(work / "pulled_small")),
+                timed(
+                    lambda: [
+                        client.download_file(
+                            "plain", f"small/{p.name}", str(work / "plain_small" / p.name)
+                        )
+                        for p in sorted(small.iterdir())
+                    ]
+                ),
+            )
+        )
+        before = puts(filestore)
+        again = timed(lambda: small_pipe.import_dir(small, subdir="small"))
+        sent_again = puts(filestore) - before
+        peak_kib = vm_hwm(store.pid)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+        f"large file {large_mib} MiB, {count} small files of 4 KiB, "
+        f"mode {args.mode} ({MODES[args.mode][0]})\n"
+    )
+    print("| case | MiB | pipe s | pipe MiB/s | boto3 s | boto3 MiB/s | pipe / boto3 throughput |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, mib, pipe_s, boto_s in rows:
+        print(
+            f"| {name} | {mib:.0f} | {pipe_s:.2f} | {mib / pipe_s:.1f} | {boto_s:.2f} | "
+            f"{mib / boto_s:.1f} | {boto_s / pipe_s:.2f} |"
+        )
+    print(f"\nsecond push of the unchanged {count} files: {again:.2f} s, {sent_again:.0f} uploads")
+    print(
+        f"file store peak resident memory (VmHWM): {peak_kib / 1024:.0f} MiB "
+        f"({idle_kib / 1024:.0f} MiB once started, before any transfer)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Errors of the model-file pipe; each names the file it is about.
+
+PipeError            base class
+├── PipeFileNotFound  a file is not in the center (or not on the local side)
+└── UnsafePath        a name that would leave its folder (``..``, absolute, NUL, ``\\``)
+"""
+
+
+class PipeError(Exception):
+    """A pipe operation failed; ``filename`` says which file when there is one."""
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.filename = filename
+
+
+class PipeFileNotFound(PipeError, FileNotFoundError):
+    pass
+
+
+class UnsafePath(PipeError, ValueError):
+    pass

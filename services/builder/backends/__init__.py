@@ -1,0 +1,1 @@
+"""Build and runtime backends: venv processes (embedded default) and Docker."""

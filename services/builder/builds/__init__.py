@@ -1,0 +1,1 @@
+"""Builds: one per build request, its steps, its live and kept logs."""

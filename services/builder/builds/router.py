@@ -1,0 +1,78 @@
+"""``/v1/projects/{project}/builds``: build status and logs, live or kept."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from services.builder.builds import service
+from services.builder.builds.logs import BuildLogs
+from services.builder.builds.models import BuildRead
+from services.builder.deps import Name, SessionDep, access_to
+
+router = APIRouter(prefix="/v1/projects/{project}/builds", tags=["builds"])
+
+
+@router.get("")
+async def list_builds(
+    project: Name,
+    request: Request,
+    session: SessionDep,
+    service_name: Annotated[str | None, Query(alias="service", max_length=64)] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[BuildRead]:
+    """The project's builds, oldest first, optionally of one service and version."""
+    await access_to(request, project, "read")
+    return await service.list_builds(
+        session=session, project=project, service=service_name, version=version
+    )
+
+
+@router.get("/{build_id}")
+async def get_build(
+    project: Name, build_id: UUID, request: Request, session: SessionDep
+) -> BuildRead:
+    await access_to(request, project, "read")
+    return service.to_read(
+        await service.get_build(session=session, project=project, build_id=build_id)
+    )
+
+
+@router.get(
+    "/{build_id}/logs",
+    response_class=PlainTextResponse,
+    response_model=None,
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+)
+async def build_logs(
+    project: Name,
+    build_id: UUID,
+    request: Request,
+    session: SessionDep,
+    follow: Annotated[bool, Query(description="stream lines live (Server-Sent Events)")] = False,
+) -> StreamingResponse | PlainTextResponse:
+    """The build's output; with ``follow=true`` a Server-Sent Events stream: every line so
+    far, then new ones as the build runs, then an ``end`` event with the build's state."""
+    await access_to(request, project, "read")
+    await service.get_build(session=session, project=project, build_id=build_id)
+    # SQLite takes its write lock even to read: do not hold it while the stream runs.
+    await session.close()
+    logs: BuildLogs = request.app.state.build_logs
+    if not follow:
+        path = logs.path(build_id)
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        return PlainTextResponse(text)
+    sessions = request.app.state.sessions
+
+    async def events() -> AsyncIterator[str]:
+        async for line in logs.follow(build_id):
+            yield f"data: {line}\n\n"
+        async with sessions() as fresh:
+            build = await service.get_build(session=fresh, project=project, build_id=build_id)
+        yield f"event: end\ndata: {build.state}\n\n"
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

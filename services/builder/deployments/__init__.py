@@ -1,0 +1,1 @@
+"""Deployments: the replicas that should run for each published version, kept running."""

@@ -1,0 +1,12 @@
+"""The builder's unit of work: the shared one, with the builder as the events' producer."""
+
+from dataclasses import dataclass
+
+from services.common.unit_of_work import UnitOfWork as _UnitOfWork
+
+PRODUCER = "builder"
+
+
+@dataclass
+class UnitOfWork(_UnitOfWork):
+    producer: str = PRODUCER

@@ -1,0 +1,197 @@
+"""What every service's FastAPI app has: problem+json errors, request and correlation ids
+bound to the logs, a request body limit, Prometheus metrics, ``/healthz`` and ``/readyz``."""
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, Problem
+from services.common.problems import PayloadTooLarge, install_problem_handlers, problem_response
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}},
+    }
+    for status, text in {
+        401: "Missing or invalid token",
+        404: "Not found (or not yours)",
+        422: "Invalid input; `errors` names each field",
+    }.items()
+}
+
+
+def create_service_app(
+    *,
+    service: str,
+    version: str,
+    description: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    max_request_bytes: int,
+) -> FastAPI:
+    app = FastAPI(
+        title=f"ModelCloud {service}",
+        version=version,
+        description=description,
+        lifespan=lifespan,
+        responses=PROBLEM_RESPONSES,
+    )
+    app.state.readiness_checks = {}
+    install_problem_handlers(app)
+    registry = CollectorRegistry()
+    app.state.metrics_registry = registry
+    app.include_router(_observability_router(registry))
+    app.add_middleware(
+        RequestContext, service=service, registry=registry, max_bytes=max_request_bytes
+    )
+    return app
+
+
+def add_readiness_check(app: FastAPI, name: str, check: ReadinessCheck) -> None:
+    """``/readyz`` answers 503 naming ``name`` while ``check`` raises."""
+    app.state.readiness_checks[name] = check
+
+
+def add_database_check(app: FastAPI, engine: AsyncEngine) -> None:
+    """``/readyz`` answers 503 naming ``database`` while the database cannot be reached."""
+
+    async def database_ready() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    add_readiness_check(app, "database", database_ready)
+
+
+def _observability_router(registry: CollectorRegistry) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        failing = {}
+        for name, check in request.app.state.readiness_checks.items():
+            try:
+                await check()
+            except Exception as exc:
+                failing[name] = f"{type(exc).__name__}: {exc}"[:300]
+        if failing:
+            return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+class RequestContext:
+    """Per request: ids bound to the logs and echoed back, a fast 413, metrics, one log line."""
+
+    def __init__(
+        self, app: ASGIApp, *, service: str, registry: CollectorRegistry, max_bytes: int
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.log = structlog.get_logger("modelcloud.http")
+        self.requests = Counter(
+            "http_requests_total",
+            "Requests handled",
+            ["service", "method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Request latency",
+            ["service", "method", "route"],
+            registry=registry,
+        )
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = _header(headers, b"x-request-id") or uuid.uuid4().hex
+        correlation_id = _header(headers, b"x-correlation-id") or request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_ids(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", request_id.encode()),
+                    (b"x-correlation-id", correlation_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                too_large = PayloadTooLarge(f"the body is over the limit of {self.max_bytes} bytes")
+                await problem_response(too_large, scope["path"])(scope, receive, send_with_ids)
+                return
+            await self.app(scope, self._limited(receive), send_with_ids)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            self.requests.labels(self.service, scope["method"], route, str(status)).inc()
+            self.latency.labels(self.service, scope["method"], route).observe(elapsed)
+            self.log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+            structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(f"the body is over the limit of {self.max_bytes} bytes")
+            return message
+
+        return limited
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    if not value:
+        return None
+    text = value.decode("latin-1")[:128]
+    return text if text.isprintable() else None

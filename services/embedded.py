@@ -1,0 +1,176 @@
+"""The embedded default, ``modelcloud up``: the gateway, registry, builder and file store in
+one process on this machine, with SQLite, one in-process event bus, the local-directory
+file store and the venv runtime, all under one data folder.
+
+First start: an admin user and a platform user are created (no default password); their
+tokens are written to ``admin.token`` and ``platform.token`` (mode 0600) in the data
+folder, and ``~/.modelcloud/config.json`` points the CLI at the gateway. Ctrl-C stops every
+service and every replica; the next start finds every service, version and online model as
+it left them (the builder starts the wanted replicas again on their ports).
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.builder.main import create_app as builder_app
+from services.builder.settings import BuilderSettings
+from services.common.events.local import LocalBus
+from services.filestore.main import create_app as filestore_app
+from services.filestore.settings import FilestoreSettings
+from services.gateway.main import create_app as gateway_app
+from services.gateway.settings import GatewaySettings
+from services.registry.admin import create_admin_user
+from services.registry.main import create_app as registry_app
+from services.registry.settings import RegistrySettings
+
+CONFIG = Path.home() / ".modelcloud" / "config.json"
+
+
+@dataclass(frozen=True)
+class Platform:
+    url: str
+    data_dir: Path
+    admin_token_file: Path
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the platform, which stops every server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run(
+    data_dir: Path,
+    *,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    config_file: Path | None = CONFIG,
+    on_ready: Callable[[Platform], None] = lambda platform: None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve the platform until ``stop`` is set (or SIGINT/SIGTERM)."""
+    data_dir = await asyncio.to_thread(_prepare, data_dir)
+    stop = stop or asyncio.Event()
+    urls = {name: f"http://{host}:{port + i}" for i, name in enumerate(_SERVICES)}
+    registry_settings = RegistrySettings(data_dir=data_dir / "registry", host=host, port=port + 1)
+    admin_file, platform_token = await _tokens(registry_settings, data_dir)
+    bus = LocalBus(data_dir / "events.db")
+    await bus.start()
+    apps: list[tuple[FastAPI, int]] = [
+        (registry_app(registry_settings, bus=bus), port + 1),
+        (
+            builder_app(
+                BuilderSettings(
+                    data_dir=data_dir / "builder",
+                    host=host,
+                    port=port + 2,
+                    registry_url=urls["registry"],
+                    registry_token=platform_token,
+                    stop_replicas_on_exit=True,
+                ),
+                bus=bus,
+            ),
+            port + 2,
+        ),
+        (
+            filestore_app(
+                FilestoreSettings(
+                    data_dir=data_dir / "filestore",
+                    host=host,
+                    port=port + 3,
+                    registry_url=urls["registry"],
+                )
+            ),
+            port + 3,
+        ),
+        (
+            gateway_app(
+                GatewaySettings(
+                    data_dir=data_dir / "gateway",
+                    host=host,
+                    port=port,
+                    registry_url=urls["registry"],
+                    builder_url=urls["builder"],
+                    filestore_url=urls["filestore"],
+                    registry_token=platform_token,
+                ),
+                bus=bus,
+            ),
+            port,
+        ),
+    ]
+    servers = [
+        _Server(uvicorn.Config(app, host=host, port=p, log_config=None, access_log=False))
+        for app, p in apps
+    ]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        platform = Platform(urls["gateway"], data_dir, admin_file)
+        for server in servers:  # in order: the registry first, the gateway (front door) last
+            if server is servers[-1] and config_file is not None:
+                # written before the front door answers: whoever sees the gateway up finds it
+                _write_config(config_file, platform)
+            tasks.append(asyncio.create_task(server.serve()))
+            while not server.started:
+                if tasks[-1].done():
+                    await tasks[-1]  # raises why it could not start (a port in use, ...)
+                    raise RuntimeError("a platform service stopped while starting")
+                await asyncio.sleep(0.05)
+        on_ready(platform)
+        await stop.wait()
+    finally:
+        started = list(zip(servers, tasks, strict=False))
+        for server, task in reversed(started):  # the gateway first, the registry last
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await task
+        await bus.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+_SERVICES = ("gateway", "registry", "builder", "filestore")
+
+
+def _prepare(data_dir: Path) -> Path:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+async def _tokens(settings: RegistrySettings, data_dir: Path) -> tuple[Path, str]:
+    admin_file = data_dir / "admin.token"
+    platform_file = data_dir / "platform.token"
+    if not admin_file.is_file():
+        _write_secret(admin_file, await create_admin_user(settings, "admin"))
+    if not platform_file.is_file():
+        _write_secret(platform_file, await create_admin_user(settings, "platform"))
+    return admin_file, platform_file.read_text().strip()
+
+
+def _write_secret(path: Path, token: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token + "\n")
+
+
+def _write_config(path: Path, platform: Platform) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {"url": platform.url, "token_file": str(platform.admin_token_file)}
+    path.write_text(json.dumps(config, indent=2) + "\n")

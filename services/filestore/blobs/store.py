@@ -1,0 +1,98 @@
+"""The blob store contract, kept by the local-directory store and the S3 store.
+
+Both are synchronous (boto3 is); the app calls them from worker threads. Writes stream in
+(S3: multipart parts sent while the body still arrives, completed only once the digest is
+checked) and reads come back as an iterator of chunks, so no whole file is ever held in
+memory.
+
+A store that clients can reach themselves (S3) also offers :class:`DirectTransfers`: large
+bytes then go straight between the client and the bucket through presigned URLs, and the
+file store only signs, checks and records.
+"""
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def blob_key(sha256: str) -> str:
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"not a SHA-256 digest: {sha256!r}")
+    return f"blobs/{sha256[:2]}/{sha256}"
+
+
+class NothingStaged(LookupError):
+    """A direct upload named bytes that were never (or no longer) staged."""
+
+
+@dataclass(frozen=True)
+class StagedContent:
+    """What a staged upload turned out to hold, read back by the store itself."""
+
+    sha256: str
+    md5: str
+    size: int
+
+
+class DirectTransfers(Protocol):
+    """Presigned transfers: the client moves the bytes, the store checks them."""
+
+    def start_upload(
+        self, staging_key: str, size: int, part_size: int, expires_s: int
+    ) -> tuple[str | None, list[str]]:
+        """Presigned PUT URLs for ``staging_key``: one URL when ``size`` fits in one part
+        (no multipart id), else a multipart upload's id and one URL per part."""
+
+    def finish_upload(self, staging_key: str, multipart_id: str | None, etags: list[str]) -> None:
+        """Complete a multipart upload from its parts' ETags (a single PUT needs nothing);
+        raises :class:`NothingStaged` when there is no such upload."""
+
+    def inspect_staged(self, staging_key: str) -> StagedContent:
+        """Read the staged object back, streaming, and return its digests and size; raises
+        :class:`NothingStaged` when there is none."""
+
+    def promote(self, staging_key: str, sha256: str) -> None:
+        """Move verified staged content to its content address (a no-op copy if present)."""
+
+    def discard(self, staging_key: str, multipart_id: str | None) -> None:
+        """Remove a staged object and abort its multipart upload, if any."""
+
+    def download_url(self, sha256: str, expires_s: int) -> str:
+        """A presigned GET URL for a stored blob."""
+
+
+class BlobWriter(Protocol):
+    """Content arriving for one digest: invisible to readers until :meth:`commit`."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self) -> None:
+        """Make the content readable under its digest (only once it has been checked)."""
+
+    def abort(self) -> None:
+        """Drop everything written so far; nothing is left behind."""
+
+
+class BlobStore(Protocol):
+    def exists(self, sha256: str) -> bool: ...
+
+    def writer(self, sha256: str, size_hint: int | None) -> BlobWriter:
+        """Stream content in for ``sha256``; the caller checks the digest before commit."""
+
+    def put(self, path: Path, sha256: str) -> None:
+        """Store a verified file under its digest; storing known content again is a no-op."""
+
+    def read(self, sha256: str) -> Iterator[bytes]:
+        """The blob's bytes, in chunks of about ``CHUNK``."""
+
+    def ready(self) -> None:
+        """Raise if the store cannot be reached."""
+
+    @property
+    def direct(self) -> DirectTransfers | None:
+        """Presigned transfers, when clients can reach the store themselves."""

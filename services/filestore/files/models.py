@@ -1,0 +1,52 @@
+"""The metadata of stored model files; the bytes live in the blob store under their SHA-256."""
+
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class FileEntry(SQLModel, table=True):
+    __tablename__ = "file_entry"
+    __table_args__ = (
+        UniqueConstraint("project", "model", "version", "path", name="uq_file_entry_path"),
+    )
+
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    project: str = Field(max_length=64, index=True)
+    model: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    path: str = Field(max_length=1024)
+    sha256: str = Field(max_length=64, index=True)
+    md5: str = Field(max_length=32, description="the pipe's `crc`, as d6tpipe reports it")
+    size: int
+    modified_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    uploaded_by: str = Field(max_length=64)
+    uploaded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class FileRead(BaseModel):
+    path: str
+    size: int
+    sha256: str
+    md5: str
+    modified_at: datetime
+    uploaded_by: str
+
+
+class LinkItem(BaseModel):
+    path: str = PydanticField(min_length=1, max_length=1024)
+    sha256: str = PydanticField(pattern=r"^[0-9a-f]{64}$")
+    modified_at: datetime | None = None
+
+
+class LinkRequest(BaseModel):
+    files: list[LinkItem] = PydanticField(max_length=10_000)
+
+
+class LinkResult(BaseModel):
+    linked: list[str]
+    missing: list[str] = PydanticField(description="content the store lacks: upload these")

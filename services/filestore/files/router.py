@@ -1,0 +1,133 @@
+"""``/v1/projects/{project}/models/...``: the file store's REST API."""
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Header, Path, Request, status
+from fastapi.responses import StreamingResponse
+
+from services.filestore.deps import SessionDep, access_to
+from services.filestore.files import service
+from services.filestore.files.models import FileRead, LinkRequest, LinkResult
+from services.filestore.files.paths import check_file_path
+
+Component = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Sha256 = Annotated[str, Header(alias="X-Content-SHA256", pattern=r"^[0-9a-f]{64}$")]
+router = APIRouter(prefix="/v1/projects/{project}/models", tags=["files"])
+VERSION = "/{model}/versions/{version}"
+
+
+@router.get("")
+async def list_models(project: Component, request: Request, session: SessionDep) -> list[str]:
+    await access_to(request, project, "read")
+    return await service.list_models(session=session, project=project)
+
+
+@router.get("/{model}/versions")
+async def list_versions(
+    project: Component, model: Component, request: Request, session: SessionDep
+) -> list[str]:
+    await access_to(request, project, "read")
+    return await service.list_versions(session=session, project=project, model=model)
+
+
+@router.get(VERSION + "/files")
+async def list_files(
+    project: Component, model: Component, version: Component, request: Request, session: SessionDep
+) -> list[FileRead]:
+    await access_to(request, project, "read")
+    return await service.list_files(session=session, where=(project, model, version))
+
+
+@router.put(VERSION + "/files/{path:path}", status_code=status.HTTP_201_CREATED)
+async def upload(
+    project: Component,
+    model: Component,
+    version: Component,
+    path: str,
+    sha256: Sha256,
+    request: Request,
+    session: SessionDep,
+    content_length: Annotated[int | None, Header()] = None,
+    modified_at: Annotated[datetime | None, Header(alias="X-Modified-At")] = None,
+) -> FileRead:
+    """Store the body as ``path``; ``X-Content-SHA256`` must match it or nothing is kept."""
+    check_file_path(path)
+    access = await access_to(request, project, "write")
+    state = request.app.state
+    return await service.upload(
+        session=session,
+        blobs=state.blobs,
+        where=(project, model, version),
+        path=path,
+        body=request.stream(),
+        declared_sha256=sha256,
+        declared_size=content_length,
+        modified_at=modified_at,
+        user=access.user,
+        max_bytes=state.settings.max_file_bytes,
+    )
+
+
+@router.post(VERSION + "/link")
+async def link(
+    project: Component,
+    model: Component,
+    version: Component,
+    data: LinkRequest,
+    request: Request,
+    session: SessionDep,
+) -> LinkResult:
+    """Point paths at content already stored; upload only what comes back as ``missing``."""
+    for item in data.files:
+        check_file_path(item.path)
+    access = await access_to(request, project, "write")
+    return await service.link(
+        session=session, where=(project, model, version), items=data.files, user=access.user
+    )
+
+
+@router.get(VERSION + "/files/{path:path}", response_class=StreamingResponse)
+async def download(
+    project: Component,
+    model: Component,
+    version: Component,
+    path: str,
+    request: Request,
+    session: SessionDep,
+) -> StreamingResponse:
+    check_file_path(path)
+    await access_to(request, project, "read")
+    entry, chunks = await service.open_file(
+        session=session, blobs=request.app.state.blobs, where=(project, model, version), path=path
+    )
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+            yield chunk
+
+    return StreamingResponse(
+        stream(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(entry.size),
+            "ETag": f'"{entry.sha256}"',
+            "X-Content-SHA256": entry.sha256,
+        },
+    )
+
+
+@router.delete(VERSION + "/files/{path:path}")
+async def delete(
+    project: Component,
+    model: Component,
+    version: Component,
+    path: str,
+    request: Request,
+    session: SessionDep,
+) -> FileRead:
+    check_file_path(path)
+    await access_to(request, project, "write")
+    return await service.delete(session=session, where=(project, model, version), path=path)

@@ -1,0 +1,235 @@
+"""Storing, linking, listing, reading and deleting model files.
+
+An upload streams into the blob store while its SHA-256 is computed (memory stays flat);
+the blob becomes readable, and the path is recorded, only once the digest the client
+declared has been checked: a mismatch, a truncated body or an oversize one commits nothing.
+"""
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio.to_thread
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.common.problems import InvalidInput, NotFound, PayloadTooLarge
+from services.filestore.blobs.store import CHUNK, BlobStore
+from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
+
+Where = tuple[str, str, str]  # project, model, version
+
+
+async def list_models(*, session: AsyncSession, project: str) -> list[str]:
+    query = select(FileEntry.model).where(FileEntry.project == project).distinct()
+    return sorted((await session.exec(query)).all())
+
+
+async def list_versions(*, session: AsyncSession, project: str, model: str) -> list[str]:
+    query = (
+        select(FileEntry.version)
+        .where(FileEntry.project == project, FileEntry.model == model)
+        .distinct()
+    )
+    return sorted((await session.exec(query)).all())
+
+
+async def list_files(*, session: AsyncSession, where: Where) -> list[FileRead]:
+    return [to_read(e) for e in await _entries(session, where)]
+
+
+async def upload(
+    *,
+    session: AsyncSession,
+    blobs: BlobStore,
+    where: Where,
+    path: str,
+    body: AsyncIterator[bytes],
+    declared_sha256: str,
+    declared_size: int | None,
+    modified_at: datetime | None,
+    user: str,
+    max_bytes: int,
+) -> FileRead:
+    """Stream the body into the blob store while hashing it; the content becomes readable,
+    and the path is recorded, only if the digest and size match what was declared."""
+    known = await anyio.to_thread.run_sync(blobs.exists, declared_sha256)
+    writer = (
+        None
+        if known
+        else await anyio.to_thread.run_sync(blobs.writer, declared_sha256, declared_size)
+    )
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+    pending = bytearray()
+
+    def consume(data: bytes) -> None:  # in a worker thread: hashing 1 MiB takes ms
+        sha256.update(data)
+        md5.update(data)
+        if writer is not None:
+            writer.write(data)
+
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"{path} is larger than {max_bytes} bytes")
+            pending += chunk
+            if len(pending) >= CHUNK:
+                await anyio.to_thread.run_sync(consume, bytes(pending))
+                pending.clear()
+        await anyio.to_thread.run_sync(consume, bytes(pending))
+        if declared_size is not None and size != declared_size:
+            raise InvalidInput("body", f"{path}: received {size} of {declared_size} bytes")
+        if sha256.hexdigest() != declared_sha256:
+            raise InvalidInput(
+                "X-Content-SHA256", f"{path}: the content's SHA-256 is {sha256.hexdigest()}"
+            )
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.commit)
+    except BaseException:
+        if writer is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(writer.abort)
+        raise
+    content = Content(declared_sha256, md5.hexdigest(), size)
+    entry = await record(session, where, path, content, modified_at, user)
+    await session.commit()
+    return to_read(entry)
+
+
+async def link(
+    *, session: AsyncSession, where: Where, items: list[LinkItem], user: str
+) -> LinkResult:
+    """Point paths at content the store already has: a push of unchanged files sends no
+    bytes. Paths already pointing at the same content are left alone."""
+    current = {e.path: e for e in await _entries(session, where)}
+    linked: list[str] = []
+    missing: list[str] = []
+    known = await _known(session, {i.sha256 for i in items})
+    for item in items:
+        existing = current.get(item.path)
+        if existing is not None and existing.sha256 == item.sha256:
+            linked.append(item.path)
+            continue
+        content = known.get(item.sha256)  # content is recorded only after its blob is stored
+        if content is None:
+            missing.append(item.path)
+            continue
+        await record(session, where, item.path, content, item.modified_at, user)
+        linked.append(item.path)
+    await session.commit()
+    return LinkResult(linked=linked, missing=missing)
+
+
+async def open_file(
+    *, session: AsyncSession, blobs: BlobStore, where: Where, path: str
+) -> tuple[FileRead, Iterator[bytes]]:
+    entry = await entry_or_404(session, where, path)
+    return to_read(entry), blobs.read(entry.sha256)
+
+
+async def delete(*, session: AsyncSession, where: Where, path: str) -> FileRead:
+    entry = await entry_or_404(session, where, path)
+    await session.delete(entry)
+    await session.commit()
+    return to_read(entry)
+
+
+async def _entries(session: AsyncSession, where: Where) -> list[FileEntry]:
+    project, model, version = where
+    query = (
+        select(FileEntry)
+        .where(FileEntry.project == project, FileEntry.model == model, FileEntry.version == version)
+        .order_by(col(FileEntry.path))
+    )
+    return list((await session.exec(query)).all())
+
+
+async def entry_or_404(session: AsyncSession, where: Where, path: str) -> FileEntry:
+    project, model, version = where
+    query = select(FileEntry).where(
+        FileEntry.project == project,
+        FileEntry.model == model,
+        FileEntry.version == version,
+        FileEntry.path == path,
+    )
+    entry = (await session.exec(query)).first()
+    if entry is None:
+        raise NotFound(f"{path} is not in {model}/{version}")
+    return entry
+
+
+@dataclass(frozen=True)
+class Content:
+    """Stored content, as recorded on every path that points at it."""
+
+    sha256: str
+    md5: str
+    size: int
+
+
+async def _known(session: AsyncSession, digests: set[str]) -> dict[str, Content]:
+    if not digests:
+        return {}
+    query = (
+        select(FileEntry.sha256, func.max(FileEntry.md5), func.max(FileEntry.size))
+        .where(col(FileEntry.sha256).in_(digests))
+        .group_by(col(FileEntry.sha256))
+    )
+    rows = (await session.exec(query)).all()
+    return {sha: Content(sha, str(md5), int(size)) for sha, md5, size in rows}
+
+
+async def record(
+    session: AsyncSession,
+    where: Where,
+    path: str,
+    content: Content,
+    modified_at: datetime | None,
+    user: str,
+) -> FileEntry:
+    project, model, version = where
+    now = datetime.now(UTC)
+    query = select(FileEntry).where(
+        FileEntry.project == project,
+        FileEntry.model == model,
+        FileEntry.version == version,
+        FileEntry.path == path,
+    )
+    entry = (await session.exec(query)).first()
+    if entry is None:
+        entry = FileEntry(
+            project=project,
+            model=model,
+            version=version,
+            path=path,
+            sha256=content.sha256,
+            md5=content.md5,
+            size=content.size,
+            modified_at=modified_at or now,
+            uploaded_by=user,
+            uploaded_at=now,
+        )
+        session.add(entry)
+    else:
+        entry.sha256, entry.md5, entry.size = content.sha256, content.md5, content.size
+        entry.modified_at = modified_at or now
+        entry.uploaded_by, entry.uploaded_at = user, now
+    await session.flush()
+    return entry
+
+
+def to_read(entry: FileEntry) -> FileRead:
+    modified = entry.modified_at
+    return FileRead(
+        path=entry.path,
+        size=entry.size,
+        sha256=entry.sha256,
+        md5=entry.md5,
+        modified_at=modified if modified.tzinfo else modified.replace(tzinfo=UTC),
+        uploaded_by=entry.uploaded_by,
+    )

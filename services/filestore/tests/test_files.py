@@ -1,0 +1,168 @@
+"""The file store's API: content-addressed uploads checked by SHA-256, downloads, pushes of
+unchanged files that send nothing, refused names, and project roles from the registry."""
+
+import hashlib
+from typing import Any
+
+import httpx
+import pytest
+
+from services.filestore.tests.conftest import Stack
+
+BASE = "/v1/projects/vision/models/classifier/versions/v1"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def put(client: httpx.AsyncClient, path: str, data: bytes, **headers: str) -> httpx.Response:
+    return await client.put(
+        f"{BASE}/files/{path}", content=data, headers={"X-Content-SHA256": sha(data), **headers}
+    )
+
+
+def blob_count(stack: Stack) -> int:
+    return sum(1 for p in (stack.settings.data_dir / "blobs").rglob("*") if p.is_file())
+
+
+async def roundtrip(stack: Stack) -> None:
+    data = bytes(range(256)) * 5000
+    stored = await put(stack.files, "weights/model.pth", data)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["sha256"] == sha(data)
+    assert stored.json()["uploaded_by"].startswith("admin-")
+    download = await stack.files.get(f"{BASE}/files/weights/model.pth")
+    assert download.status_code == 200
+    assert download.content == data
+    assert download.headers["x-content-sha256"] == sha(data)
+    listed = (await stack.files.get(f"{BASE}/files")).json()
+    assert [(f["path"], f["size"]) for f in listed] == [("weights/model.pth", len(data))]
+    assert (await stack.files.get("/v1/projects/vision/models")).json() == ["classifier"]
+    versions = await stack.files.get("/v1/projects/vision/models/classifier/versions")
+    assert versions.json() == ["v1"]
+
+
+async def test_upload_and_download_on_the_local_store(stack: Stack) -> None:
+    await roundtrip(stack)
+
+
+@pytest.mark.s3
+async def test_upload_and_download_on_s3(s3_stack: Stack) -> None:
+    await roundtrip(s3_stack)
+
+
+async def test_identical_content_is_stored_once_and_unchanged_pushes_send_nothing(
+    stack: Stack,
+) -> None:
+    same = b"shared weights" * 100
+    await put(stack.files, "a.bin", same)
+    await put(stack.files, "copy/a.bin", same)
+    assert blob_count(stack) == 1
+
+    fresh = b"new"
+    linked = await stack.files.post(
+        f"{BASE}/link",
+        json={
+            "files": [
+                {"path": "a.bin", "sha256": sha(same)},
+                {"path": "third/a.bin", "sha256": sha(same)},
+                {"path": "new.bin", "sha256": sha(fresh)},
+            ]
+        },
+    )
+    assert linked.json() == {"linked": ["a.bin", "third/a.bin"], "missing": ["new.bin"]}
+    other_version = "/v1/projects/vision/models/classifier/versions/v2"
+    relinked = await stack.files.post(
+        f"{other_version}/link", json={"files": [{"path": "a.bin", "sha256": sha(same)}]}
+    )
+    assert relinked.json()["linked"] == ["a.bin"]
+    assert (await stack.files.get(f"{other_version}/files/a.bin")).content == same
+
+
+async def test_a_wrong_or_truncated_upload_commits_nothing(stack: Stack) -> None:
+    data = b"x" * 10_000
+    wrong = await stack.files.put(
+        f"{BASE}/files/m.bin", content=data, headers={"X-Content-SHA256": sha(b"other")}
+    )
+    assert wrong.status_code == 422
+    assert wrong.json()["errors"][0]["field"] == "X-Content-SHA256"
+    truncated = await stack.files.put(
+        f"{BASE}/files/m.bin", content=data[:5000], headers={"X-Content-SHA256": sha(data)}
+    )
+    assert truncated.status_code == 422
+    missing_digest = await stack.files.put(f"{BASE}/files/m.bin", content=data)
+    assert missing_digest.status_code == 422
+    assert (await stack.files.get(f"{BASE}/files")).json() == []
+    assert blob_count(stack) == 0
+    assert not any((stack.settings.data_dir / "uploads").iterdir())
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "..%2f..%2fetc%2fpasswd",
+        "%2e%2e%2fetc%2fpasswd",
+        "%252e%252e%252fetc%252fpasswd",
+        "a%5c..%5cb",
+        "%2fetc%2fpasswd",
+        "model%00.pth",
+        "a//b",
+    ],
+)
+async def test_unsafe_names_are_refused_and_touch_nothing(stack: Stack, raw_path: str) -> None:
+    url = httpx.URL(f"http://filestore{BASE}/files/").copy_with(
+        raw_path=f"{BASE}/files/{raw_path}".encode()
+    )
+    response = await stack.files.put(url, content=b"x", headers={"X-Content-SHA256": sha(b"x")})
+    assert response.status_code in (404, 422), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert blob_count(stack) == 0
+
+
+async def test_roles_come_from_the_registry(stack: Stack) -> None:
+    await put(stack.files, "model.pth", b"w")
+    token = await stack.registry.user_token("eve")
+    eve = {"Authorization": f"Bearer {token}"}
+    for method, path in [("GET", f"{BASE}/files"), ("DELETE", f"{BASE}/files/model.pth")]:
+        response = await stack.files.request(method, path, headers=eve)
+        assert response.status_code == 404  # another project's files do not exist for eve
+    await stack.registry.client.put("/v1/projects/vision/members/eve", json={"role": "read"})
+    assert (await stack.files.get(f"{BASE}/files/model.pth", headers=eve)).content == b"w"
+    denied = await stack.files.delete(f"{BASE}/files/model.pth", headers=eve)
+    assert denied.status_code == 403
+    anonymous = await stack.files.get(f"{BASE}/files", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    bogus = await stack.files.get(f"{BASE}/files", headers={"Authorization": "Bearer mc_x"})
+    assert bogus.status_code == 401
+
+
+async def test_delete(stack: Stack) -> None:
+    await put(stack.files, "a.bin", b"a")
+    deleted: dict[str, Any] = (await stack.files.delete(f"{BASE}/files/a.bin")).json()
+    assert deleted["path"] == "a.bin"
+    assert (await stack.files.get(f"{BASE}/files/a.bin")).status_code == 404
+    assert (await stack.files.delete(f"{BASE}/files/a.bin")).status_code == 404
+
+
+@pytest.mark.s3
+async def test_a_file_over_the_multipart_threshold_goes_up_and_down_on_s3(
+    s3_stack: Stack,
+) -> None:
+    data = hashlib.sha256(b"seed").digest() * ((65 << 20) // 32 + 1)  # just over 64 MiB
+
+    async def body():  # streamed: the client never holds a second copy
+        for start in range(0, len(data), 1 << 20):
+            yield data[start : start + (1 << 20)]
+
+    stored = await s3_stack.files.put(
+        f"{BASE}/files/big.bin",
+        content=body(),
+        headers={"X-Content-SHA256": sha(data), "Content-Length": str(len(data))},
+    )
+    assert stored.status_code == 201, stored.text
+    digest = hashlib.sha256()
+    async with s3_stack.files.stream("GET", f"{BASE}/files/big.bin") as response:
+        async for chunk in response.aiter_bytes():
+            digest.update(chunk)
+    assert digest.hexdigest() == sha(data)

@@ -1,0 +1,131 @@
+"""Transfer routes: presigned direct uploads/downloads (S3) and upload packs (any store)."""
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, status
+
+from services.filestore.deps import SessionDep, access_to
+from services.filestore.files.models import FileRead
+from services.filestore.files.router import VERSION, Component
+from services.filestore.transfers import service
+from services.filestore.transfers.models import (
+    DownloadLinks,
+    DownloadRequest,
+    TransferLimits,
+    UploadComplete,
+    UploadStart,
+    UploadTicket,
+)
+
+router = APIRouter(tags=["transfers"])
+MODELS = "/v1/projects/{project}/models"
+
+
+@router.get("/v1/transfers")
+async def transfer_limits(request: Request) -> TransferLimits:
+    """How to move bytes here: direct S3 transfers from which size, pack limits."""
+    state = request.app.state
+    return service.limits(state.settings, state.blobs)
+
+
+@router.post(MODELS + VERSION + "/uploads", status_code=status.HTTP_201_CREATED)
+async def start_upload(
+    project: Component, model: Component, version: Component, data: UploadStart, request: Request
+) -> UploadTicket:
+    """Presigned URLs to PUT a file's bytes straight to S3; complete it afterwards."""
+    await access_to(request, project, "write")
+    state = request.app.state
+    return await service.start_upload(
+        blobs=state.blobs, settings=state.settings, project=project, data=data
+    )
+
+
+@router.post(MODELS + VERSION + "/uploads/{upload_id}/complete", status_code=201)
+async def complete_upload(
+    project: Component,
+    model: Component,
+    version: Component,
+    upload_id: UUID,
+    data: UploadComplete,
+    request: Request,
+    session: SessionDep,
+) -> FileRead:
+    """Check the uploaded bytes against ``sha256`` and ``size``; keep them only if they match."""
+    access = await access_to(request, project, "write")
+    return await service.complete_upload(
+        session=session,
+        blobs=request.app.state.blobs,
+        settings=request.app.state.settings,
+        where=(project, model, version),
+        upload_id=upload_id,
+        data=data,
+        user=access.user,
+    )
+
+
+@router.delete(MODELS + VERSION + "/uploads/{upload_id}", status_code=204)
+async def abort_upload(
+    project: Component,
+    model: Component,
+    version: Component,
+    upload_id: UUID,
+    request: Request,
+    multipart_id: Annotated[str | None, Query(max_length=1024)] = None,
+) -> None:
+    """Drop an upload that will not be completed, and its parts."""
+    await access_to(request, project, "write")
+    await service.abort_upload(
+        blobs=request.app.state.blobs,
+        project=project,
+        upload_id=upload_id,
+        multipart_id=multipart_id,
+    )
+
+
+@router.post(MODELS + VERSION + "/downloads")
+async def download_links(
+    project: Component,
+    model: Component,
+    version: Component,
+    data: DownloadRequest,
+    request: Request,
+    session: SessionDep,
+) -> DownloadLinks:
+    """Presigned GET URLs for many files at once; check each against its ``sha256``."""
+    await access_to(request, project, "read")
+    state = request.app.state
+    return await service.download_links(
+        session=session,
+        blobs=state.blobs,
+        settings=state.settings,
+        where=(project, model, version),
+        paths=data.paths,
+    )
+
+
+@router.post(
+    MODELS + VERSION + "/packs",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def store_pack(
+    project: Component, model: Component, version: Component, request: Request, session: SessionDep
+) -> list[FileRead]:
+    """Many small files in one tar body, each member with its SHA-256 in the PAX header
+    ``MODELCLOUD.sha256``: all are stored, or none."""
+    access = await access_to(request, project, "write")
+    state = request.app.state
+    return await service.store_pack(
+        session=session,
+        blobs=state.blobs,
+        settings=state.settings,
+        where=(project, model, version),
+        body=request.stream(),
+        user=access.user,
+    )

@@ -1,0 +1,156 @@
+"""Model calls: ``/models/{project}/{service}/v{n}/{path}`` for a published API version and
+``/models/{project}/{service}/{path}`` for the newest one online; ``path`` is a command,
+``meta``, ``openapi.json`` or ``healthz`` of the model's own server.
+
+A call needs a token with read access to the project (any valid token for a public
+service); the token stays here: the replica gets the caller's name in ``X-ModelCloud-User``.
+A call is retried on another replica only when the first refused the connection (it never
+reached the model); when every replica is busy past its bound the answer is 503 with
+``Retry-After`` instead of an unbounded queue.
+"""
+
+import time
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.common.access import RegistryAccess
+from services.common.problems import (
+    BadGateway,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    problem_response,
+)
+from services.gateway.routing import AllBusy, Route, RoutingTable
+from services.gateway.settings import GatewaySettings
+
+router = APIRouter(tags=["models"])
+METHODS = ["GET", "POST"]
+_PASSED_ON = ("content-type", "accept", "x-request-id", "x-correlation-id")
+_PASSED_BACK = ("content-type", "retry-after")
+
+
+class CallMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["project", "service", "api_version", "status"]
+        self.calls = Counter("model_calls_total", "Model calls", labels, registry=registry)
+        self.latency = Histogram(
+            "model_call_duration_seconds",
+            "Model call latency through the gateway",
+            labels[:3],
+            registry=registry,
+        )
+
+
+@router.api_route("/models/{project}/{service}/v{api_version:int}/{path:path}", methods=METHODS)
+async def call_version(
+    project: str, service: str, api_version: int, path: str, request: Request
+) -> Response:
+    """Call a published API version of a model service."""
+    return await _call(request, project, service, api_version, path)
+
+
+@router.api_route("/models/{project}/{service}/{path:path}", methods=METHODS)
+async def call_latest(project: str, service: str, path: str, request: Request) -> Response:
+    """Call the newest online API version of a model service."""
+    return await _call(request, project, service, None, path)
+
+
+async def _call(
+    request: Request, project: str, service: str, api_version: int | None, path: str
+) -> Response:
+    state = request.app.state
+    settings: GatewaySettings = state.settings
+    table: RoutingTable = state.routes
+    access: RegistryAccess = state.access
+    authorization = request.headers.get("authorization")
+    route = table.find(project, service, api_version)
+    if route is not None and route.public:
+        user = await access.identify(authorization)
+    else:
+        user = (await access.check(authorization, project)).user
+    if route is None:
+        raise NotFound(_not_online(table, project, service, api_version))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
+        raise PayloadTooLarge(f"a model call carries at most {settings.max_request_bytes} bytes")
+    body = await request.body()
+    if len(body) > settings.max_request_bytes:
+        raise PayloadTooLarge(f"a model call carries at most {settings.max_request_bytes} bytes")
+    headers = {k: v for k, v in request.headers.items() if k in _PASSED_ON}
+    headers["x-modelcloud-user"] = user
+    metrics: CallMetrics = state.call_metrics
+    started = time.perf_counter()
+    status = 502
+    try:
+        answer = await _forward(request, table, route, path, body, headers, settings)
+        status = answer.status_code
+        return answer
+    finally:
+        labels = (project, service, str(route.api_version))
+        metrics.calls.labels(*labels, str(status)).inc()
+        metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+
+async def _forward(
+    request: Request,
+    table: RoutingTable,
+    route: Route,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    settings: GatewaySettings,
+) -> Response:
+    client: httpx.AsyncClient = request.app.state.replicas
+    tried: set[str] = set()
+    while True:
+        try:
+            backend = table.pick(route, exclude=tried)
+        except AllBusy:
+            if tried:  # every replica refused: none is reachable now
+                raise BadGateway(
+                    f"no replica of {route.service} v{route.api_version} accepts connections"
+                ) from None
+            busy = ServiceUnavailable(
+                f"every replica of {route.service} v{route.api_version} is busy; try again"
+            )
+            return problem_response(busy, request.url.path, retry_after_s=1)
+        backend.outstanding += 1
+        try:
+            answer = await client.request(
+                request.method,
+                f"http://{backend.address}/{path}",
+                params=request.query_params,
+                content=body,
+                headers=headers,
+                timeout=settings.call_timeout_s,
+            )
+        except httpx.ConnectError:
+            # Never reached the model: safe to try another replica.
+            table.eject(backend)
+            tried.add(backend.address)
+            continue
+        except httpx.TimeoutException:
+            raise GatewayTimeout(
+                f"{route.service} v{route.api_version} did not answer within "
+                f"{settings.call_timeout_s:.0f} s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise BadGateway(f"the replica failed mid-call: {type(exc).__name__}") from None
+        finally:
+            backend.outstanding -= 1
+        passed = {k: v for k, v in answer.headers.items() if k in _PASSED_BACK}
+        passed["x-modelcloud-api-version"] = str(route.api_version)
+        return Response(answer.content, status_code=answer.status_code, headers=passed)
+
+
+def _not_online(table: RoutingTable, project: str, service: str, api_version: int | None) -> str:
+    online = table.api_versions(project, service)
+    if not online:
+        return f"no version of {project}/{service} is online"
+    listed = ", ".join(f"v{v}" for v in online)
+    return f"API version v{api_version} of {project}/{service} is not online (online: {listed})"

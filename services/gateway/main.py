@@ -1,0 +1,109 @@
+"""The gateway app: ``create_app(settings)`` builds everything on start, nothing at import.
+
+Start-up: logging, the pooled HTTP clients (one for model replicas, one per platform
+service), the routing table filled from the registry, then the events that keep it current.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+from fastapi import FastAPI
+
+from modelcloud_proto.events import Envelope
+from services.common.access import RegistryAccess
+from services.common.events.bus import EventBus
+from services.common.events.choice import bus_for
+from services.common.logging import configure_logging
+from services.common.web import create_service_app
+from services.gateway import tables
+from services.gateway.calls import CallMetrics
+from services.gateway.calls import router as calls_router
+from services.gateway.front_door import router as front_door_router
+from services.gateway.routing import RoutingTable
+from services.gateway.settings import GatewaySettings
+
+VERSION = "0.1.0"
+# The front door streams uploads (model files, code bundles) of any size to the services,
+# which apply their own limits; model calls have theirs (GATEWAY_MAX_REQUEST_BYTES).
+_STREAMED_LIMIT = 1 << 40
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    bus: EventBus | None = None,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> FastAPI:
+    """The gateway; ``bus`` overrides the one the settings choose, ``transports`` reach
+    in-process services (``registry``, ``builder``, ``filestore``) instead of their URLs."""
+    settings = settings or GatewaySettings()
+    reach = dict(transports or {})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging("gateway", settings.log_format, settings.log_level)
+        urls = {
+            "registry": settings.registry_url,
+            "builder": settings.builder_url,
+            "filestore": settings.filestore_url,
+        }
+        upstreams = {
+            # No read timeout: live build logs stream for as long as the build runs.
+            name: httpx.AsyncClient(
+                base_url=url, transport=reach.get(name), timeout=httpx.Timeout(None, connect=10)
+            )
+            for name, url in urls.items()
+        }
+        replicas = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        )
+        table = RoutingTable(max_outstanding=settings.max_outstanding, eject_s=settings.eject_s)
+        access = RegistryAccess(
+            settings.registry_url, cache_s=settings.auth_cache_s, transport=reach.get("registry")
+        )
+        event_bus = bus or bus_for(settings)
+        await event_bus.start()
+
+        async def handle(envelope: Envelope) -> None:
+            tables.apply(table, envelope)
+
+        # Subscribe first, then read the registry: an event in between is applied twice at
+        # worst, which changes nothing.
+        await event_bus.subscribe(tables.QUEUE, tables.PATTERNS, handle)
+        if settings.registry_token is not None:
+            token = settings.registry_token.get_secret_value()
+            async with httpx.AsyncClient(
+                base_url=settings.registry_url,
+                transport=reach.get("registry"),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as registry:
+                await tables.load_from_registry(table, registry)
+        app.state.settings = settings
+        app.state.routes = table
+        app.state.access = access
+        app.state.upstreams = upstreams
+        app.state.replicas = replicas
+        app.state.call_metrics = CallMetrics(app.state.metrics_registry)
+        try:
+            yield
+        finally:
+            if bus is None:
+                await event_bus.close()
+            else:
+                await event_bus.unsubscribe(tables.QUEUE)
+            await replicas.aclose()
+            for client in upstreams.values():
+                await client.aclose()
+            await access.close()
+
+    app = create_service_app(
+        service="gateway",
+        version=VERSION,
+        description="The platform's front door and the versioned URLs of published models.",
+        lifespan=lifespan,
+        max_request_bytes=_STREAMED_LIMIT,
+    )
+    app.include_router(calls_router)
+    app.include_router(front_door_router)
+    return app

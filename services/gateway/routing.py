@@ -1,0 +1,119 @@
+"""The routing table: which replicas serve each published API version, and which replica
+takes the next call.
+
+Fed by ``registry.version.online`` / ``.offline`` and ``builder.replica.restarted``, and
+filled from the registry at start, so a restarted gateway routes at once. Applying an event
+twice changes nothing, so the table needs no processed-event bookkeeping.
+
+Choice of replica: the service's declared device picks the pool (``gpu`` -> gpu replicas,
+``cpu`` -> cpu replicas, ``any`` -> gpu replicas first, cpu ones when there are none or all
+are busy); inside a pool the replica with the fewest calls in flight wins. A replica that
+refused a connection rests for ``eject_s`` and is then tried again.
+"""
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from modelcloud_proto.events import Replica
+from modelcloud_proto.specs import Device
+
+
+@dataclass
+class Backend:
+    address: str
+    pool: Device
+    outstanding: int = 0
+    ejected_until: float = 0.0
+
+    def available(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+
+@dataclass
+class Route:
+    project: str
+    service: str
+    version_id: UUID
+    version: str
+    api_version: int
+    device: Device
+    public: bool
+    backends: list[Backend] = field(default_factory=list)
+
+
+class AllBusy(Exception):
+    """Every replica that could take the call is at its bound (or resting)."""
+
+
+class RoutingTable:
+    def __init__(self, *, max_outstanding: int, eject_s: float) -> None:
+        self.max_outstanding = max_outstanding
+        self.eject_s = eject_s
+        self._routes: dict[tuple[str, str], dict[int, Route]] = {}
+
+    # ------------------------------------------------------------------ updates
+
+    def online(self, route: Route, replicas: list[Replica]) -> None:
+        route.backends = [Backend(r.address, r.pool) for r in replicas]
+        versions = self._routes.setdefault((route.project, route.service), {})
+        for api_version, known in list(versions.items()):
+            if known.version_id == route.version_id and api_version != route.api_version:
+                del versions[api_version]
+        versions[route.api_version] = route
+
+    def offline(self, version_id: UUID) -> None:
+        for versions in self._routes.values():
+            for api_version, route in list(versions.items()):
+                if route.version_id == version_id:
+                    del versions[api_version]
+
+    def replica_restarted(
+        self, version_id: UUID, replica: Replica, previous_address: str | None = None
+    ) -> None:
+        for versions in self._routes.values():
+            for route in versions.values():
+                if route.version_id != version_id:
+                    continue
+                kept = [b for b in route.backends if b.address != previous_address]
+                for backend in kept:
+                    if backend.address == replica.address:
+                        backend.pool = replica.pool
+                        backend.ejected_until = 0.0
+                if all(b.address != replica.address for b in kept):
+                    kept.append(Backend(replica.address, replica.pool))
+                route.backends = kept
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, project: str, service: str, api_version: int | None) -> Route | None:
+        """A published API version, or the newest online one when ``api_version`` is None."""
+        versions = self._routes.get((project, service), {})
+        if api_version is None:
+            return versions[max(versions)] if versions else None
+        return versions.get(api_version)
+
+    def api_versions(self, project: str, service: str) -> list[int]:
+        return sorted(self._routes.get((project, service), {}))
+
+    def pick(self, route: Route, *, exclude: Collection[str] = ()) -> Backend:
+        """The replica for the next call; raises :class:`AllBusy`."""
+        now = time.monotonic()
+        usable = [b for b in route.backends if b.available(now) and b.address not in exclude]
+        pools = {
+            Device.GPU: [Device.GPU],
+            Device.CPU: [Device.CPU],
+            Device.ANY: [Device.GPU, Device.CPU],
+        }[route.device]
+        for pool in pools:
+            candidates = [b for b in usable if b.pool == pool]
+            if not candidates:
+                continue
+            best = min(candidates, key=lambda b: b.outstanding)
+            if best.outstanding < self.max_outstanding:
+                return best
+        raise AllBusy(f"{route.service} v{route.api_version}")
+
+    def eject(self, backend: Backend) -> None:
+        backend.ejected_until = time.monotonic() + self.eject_s

@@ -1,0 +1,26 @@
+"""Gateway settings, from ``GATEWAY_*`` environment variables."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    service_name: str = "gateway"
+    port: int = Field(default=8000, ge=0, le=65535)
+    registry_url: str = "http://127.0.0.1:8001"
+    builder_url: str = "http://127.0.0.1:8002"
+    filestore_url: str = "http://127.0.0.1:8003"
+    registry_token: SecretStr | None = Field(
+        default=None, description="the gateway's own token, to read what is online at start"
+    )
+    auth_cache_s: float = Field(default=5.0, ge=0)
+    call_timeout_s: float = Field(default=120, gt=0, description="the longest a model call runs")
+    max_outstanding: int = Field(
+        default=32, ge=1, description="calls in flight per replica before it counts as busy"
+    )
+    eject_s: float = Field(default=5.0, gt=0, description="how long a refusing replica rests")
+    max_request_bytes: int = Field(default=64 << 20, ge=1024)

@@ -1,0 +1,1 @@
+"""Users, API tokens (hashed at rest) and who is calling."""

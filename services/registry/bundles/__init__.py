@@ -1,0 +1,1 @@
+"""Uploaded code bundles: checked whole before anything is written, stored by content."""

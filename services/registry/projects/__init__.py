@@ -1,0 +1,1 @@
+"""Projects, their members' roles, and the service groups inside them."""

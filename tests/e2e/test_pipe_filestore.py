@@ -1,0 +1,194 @@
+"""The seed's model-file snippets, verbatim, against a running file store (and the
+registry that owns its tokens and projects), with blobs on a local folder or on S3."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+CLI = str(Path(sys.executable).with_name("modelcloud"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=pytest.mark.s3),
+        pytest.param("s3-direct", marks=pytest.mark.s3),
+    ]
+)
+def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "FILESTORE_"))}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        token = subprocess.run(
+            [CLI, "registry", "create-admin", "root", "--data-dir", str(tmp_path / "registry")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout.strip()
+        registry = f"http://127.0.0.1:{free_port()}"
+        processes.append(
+            subprocess.Popen(
+                [
+                    CLI,
+                    "serve",
+                    "registry",
+                    "--port",
+                    registry.rsplit(":", 1)[1],
+                    "--data-dir",
+                    str(tmp_path / "registry"),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_ready(registry, processes[-1])
+        created = httpx.post(
+            f"{registry}/v1/projects",
+            json={"name": "vision"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+        store_env = {**env, "FILESTORE_REGISTRY_URL": registry}
+        if request.param.startswith("s3"):
+            s3 = f"http://127.0.0.1:{free_port()}"
+            moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+            processes.append(
+                subprocess.Popen(
+                    [moto, "-H", "127.0.0.1", "-p", s3.rsplit(":", 1)[1]],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            store_env |= {
+                "FILESTORE_STORAGE": "s3",
+                "FILESTORE_S3_ENDPOINT_URL": s3,
+                "FILESTORE_S3_ACCESS_KEY_ID": "test",
+                "FILESTORE_S3_SECRET_ACCESS_KEY": "test",
+            }
+        if request.param == "s3-direct":  # model.db (70 kB) goes straight to S3
+            store_env |= {"FILESTORE_DIRECT_UPLOADS": "true", "FILESTORE_DIRECT_MIN_BYTES": "50000"}
+        filestore = f"http://127.0.0.1:{free_port()}"
+        processes.append(
+            subprocess.Popen(
+                [
+                    CLI,
+                    "serve",
+                    "filestore",
+                    "--port",
+                    filestore.rsplit(":", 1)[1],
+                    "--data-dir",
+                    str(tmp_path / "filestore"),
+                ],
+                env=store_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_ready(filestore, processes[-1])
+        yield {
+            "MODELCLOUD_FILESTORE_URL": filestore,
+            "MODELCLOUD_TOKEN": token,
+            "MODELCLOUD_PROJECT": "vision",
+            "kind": request.param,
+        }
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _is_upload(metric_line: str) -> bool:
+    """PUT of one file, a pack of many, or the start of a direct upload."""
+    return 'method="PUT"' in metric_line or (
+        'method="POST"' in metric_line
+        and any(f'/{kind}"' in metric_line for kind in ("packs", "uploads"))
+    )
+
+
+def uploads_so_far(filestore: str) -> float:
+    metrics = httpx.get(f"{filestore}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("http_requests_total") and _is_upload(line)
+    )
+
+
+def test_the_seed_snippets_run_against_the_file_store(
+    platform: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in platform.items():
+        if key.startswith("MODELCLOUD_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    Path("model.db").write_bytes(b"weights" * 10_000)
+    workspace = Path("local_model_workspace")
+    (workspace / "features").mkdir(parents=True)
+    for i in range(50):
+        (workspace / f"part{i}.py").write_text(f"x = {i}\n")
+    (workspace / "features" / "a.json").write_text("[]")
+
+    from bolt4ds.pipe import APILocal, ModelFile, list_profiles
+
+    test = ModelFile(model_name="model_name", version="model_version", center_path=None)
+    pipe = test.filepipe()
+    pipe.import_file("model.db", subdir=None, move=False)
+    pipe.import_dir("local_model_workspace", subdir=None, move=False)
+    files, names = pipe.scan_local(include="*.py", sortby="mod", attributes=True)
+    assert len(names) == 50
+    assert set(files[0]) == {"filename", "modified_at", "size", "crc"}
+    assert str(pipe.dir).startswith(platform["MODELCLOUD_FILESTORE_URL"])
+    assert pipe.config["server"] == platform["MODELCLOUD_FILESTORE_URL"]
+
+    puts = uploads_so_far(platform["MODELCLOUD_FILESTORE_URL"])
+    assert puts >= 2  # model.db, then the workspace's small files in packs
+    completed = (
+        'uploads/{upload_id}/complete"' in httpx.get(f"{pipe.config['server']}/metrics").text
+    )
+    assert completed == (platform["kind"] == "s3-direct")
+    pipe.import_dir("local_model_workspace", subdir=None, move=False)  # unchanged: 0 bytes
+    assert uploads_so_far(platform["MODELCLOUD_FILESTORE_URL"]) == puts
+
+    pulled = pipe.pull_file("model.db", "model_workspace_path/")
+    assert pulled.read_bytes() == Path("model.db").read_bytes()
+    assert len(pipe.pull_dir("model_workspace_path")) == 51  # model.db is already there
+    assert pipe.pull_dir("model_workspace_path") == []
+    assert pipe.delete_files_local(
+        files=["model.db"], confirm=False, delete_all=None, ignore_errors=False
+    ) == ["model.db"]
+    assert "model.db" not in pipe.scan_local()
+    ModelFile("model_name", "v2").filepipe().import_file("model.db")
+    assert APILocal(profile="model_name", filecfg=None).list_local_pipes() == [
+        "model_version",
+        "v2",
+    ]
+    assert list_profiles()["model_name"]["versions"] == ["model_version", "v2"]
