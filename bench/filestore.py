@@ -26,12 +26,14 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -40,6 +42,7 @@ from boto3.s3.transfer import TransferConfig
 from modelcloud.pipe import ModelFile
 
 BIN = Path(sys.executable).parent
+CASES = ("large upload", "large download", "small files upload", "small files download")
 # moto answers each ranged GET by copying the whole object, so boto3's default parallel
 # ranged download is quadratic there (512 MiB: 24 s); one stream is boto3's best on it.
 ONE_STREAM = TransferConfig(multipart_threshold=1 << 62)
@@ -86,6 +89,50 @@ def vm_hwm(pid: int) -> int:
     )
 
 
+def write_random(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        for _ in range(size >> 20):
+            out.write(os.urandom(1 << 20))
+
+
+def round_pairs(
+    client: Any,
+    large: Path,
+    small: Path,
+    pipe: Any,
+    small_pipe: Any,
+    pulled: Path,
+    plain: Path,
+) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """Each case's pipe action and boto3 action, for one round."""
+    return {
+        "large upload": (
+            lambda: pipe.import_file(large),
+            lambda: client.upload_file(str(large), "plain", "large.bin"),
+        ),
+        "large download": (
+            lambda: pipe.pull_file("large.bin", pulled / "large.bin"),
+            lambda: client.download_file(
+                "plain", "large.bin", str(plain / "large.bin"), Config=ONE_STREAM
+            ),
+        ),
+        "small files upload": (
+            lambda: small_pipe.import_dir(small, subdir="small"),
+            lambda: [
+                client.upload_file(str(p), "plain", f"small/{p.name}")
+                for p in sorted(small.iterdir())
+            ],
+        ),
+        "small files download": (
+            lambda: small_pipe.pull_dir(pulled),
+            lambda: [
+                client.download_file("plain", f"small/{p.name}", str(plain / p.name))
+                for p in sorted(small.iterdir())
+            ],
+        ),
+    }
+
+
 def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
@@ -113,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large-mib", type=int, default=2048)
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="the median is reported")
     parser.add_argument("--quick", action="store_true", help="64 MiB and 100 files")
     parser.add_argument(
         "--mode",
@@ -122,6 +170,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     large_mib, count = (64, 100) if args.quick else (args.large_mib, args.files)
+    rounds = 1 if args.quick else args.rounds
 
     work = Path(tempfile.mkdtemp(prefix="mc-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "FILESTORE_"))}
@@ -201,75 +250,41 @@ def main() -> None:
             aws_secret_access_key="test",  # noqa: S106 - moto takes any key
         )
         client.create_bucket(Bucket="plain")
-        pipe = ModelFile(
-            "bench", "v1", server=filestore, project="bench", token=token, quiet=True
-        ).filepipe()
-        # The small files get a version of their own: pull_dir pulls a whole version.
-        small_pipe = ModelFile(
-            "bench", "v2", server=filestore, project="bench", token=token, quiet=True
-        ).filepipe()
+        quietly: dict[str, Any] = {"token": token, "quiet": True}
         idle_kib = vm_hwm(store.pid)
 
         large = work / "large.bin"
-        with large.open("wb") as out:
-            for _ in range(large_mib):
-                out.write(os.urandom(1 << 20))
         small = work / "small"
         small.mkdir()
-        for i in range(count):
-            (small / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
-
-        rows = [
-            (
-                "large upload",
-                large_mib,
-                timed(lambda: pipe.import_file(large)),
-                timed(lambda: client.upload_file(str(large), "plain", "large.bin")),
-            ),
-            (
-                "large download",
-                large_mib,
-                timed(lambda: pipe.pull_file("large.bin", work / "pulled.bin")),
-                timed(
-                    lambda: client.download_file(
-                        "plain", "large.bin", str(work / "plain.bin"), Config=ONE_STREAM
-                    )
-                ),
-            ),
-        ]
-        small_mib = count * 4096 / (1 << 20)
-        rows.append(
-            (
-                "small files upload",
-                small_mib,
-                timed(lambda: small_pipe.import_dir(small, subdir="small")),
-                timed(
-                    lambda: [
-                        client.upload_file(str(p), "plain", f"small/{p.name}")
-                        for p in sorted(small.iterdir())
-                    ]
-                ),
-            )
-        )
-        (work / "pulled_small").mkdir()
-        (work / "plain_small").mkdir()
-        rows.append(
-            (
-                "small files download",
-                small_mib,
-                timed(lambda: small_pipe.pull_dir(work / "pulled_small")),
-                timed(
-                    lambda: [
-                        client.download_file(
-                            "plain", f"small/{p.name}", str(work / "plain_small" / p.name)
-                        )
-                        for p in sorted(small.iterdir())
-                    ]
-                ),
-            )
-        )
+        cases: dict[str, list[tuple[float, float]]] = {name: [] for name in CASES}
+        for round_no in range(rounds):
+            # New content every round (content addressing would skip a repeat), a version of
+            # its own for the small files (pull_dir pulls a whole version), and the order of
+            # pipe and boto3 alternating from round to round.
+            write_random(large, large_mib << 20)
+            for i in range(count):
+                (small / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
+            pipe = ModelFile(
+                "bench", f"large-{round_no}", server=filestore, project="bench", **quietly
+            ).filepipe()
+            small_pipe = ModelFile(
+                "bench", f"small-{round_no}", server=filestore, project="bench", **quietly
+            ).filepipe()
+            pulled = work / f"pulled-{round_no}"
+            plain = work / f"plain-{round_no}"
+            pulled.mkdir()
+            plain.mkdir()
+            pairs = round_pairs(client, large, small, pipe, small_pipe, pulled, plain)
+            for name, (with_pipe, with_boto3) in pairs.items():
+                if round_no % 2:
+                    boto_s, pipe_s = timed(with_boto3), timed(with_pipe)
+                else:
+                    pipe_s, boto_s = timed(with_pipe), timed(with_boto3)
+                cases[name].append((pipe_s, boto_s))
+            shutil.rmtree(pulled)
+            shutil.rmtree(plain)
         before = puts(filestore)
-        again = timed(lambda: small_pipe.import_dir(small, subdir="small"))
+        again = timed(lambda: small_pipe.import_dir(small, subdir="small"))  # the last round's
         sent_again = puts(filestore) - before
         peak_kib = vm_hwm(store.pid)
     finally:
@@ -281,14 +296,19 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
         f"large file {large_mib} MiB, {count} small files of 4 KiB, "
-        f"mode {args.mode} ({MODES[args.mode][0]})\n"
+        f"mode {args.mode} ({MODES[args.mode][0]}), median of {rounds} rounds\n"
     )
+    small_mib = count * 4096 / (1 << 20)
     print("| case | MiB | pipe s | pipe MiB/s | boto3 s | boto3 MiB/s | pipe / boto3 throughput |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, mib, pipe_s, boto_s in rows:
+    for name, times in cases.items():
+        mib = large_mib if name.startswith("large") else small_mib
+        pipe_s = statistics.median(t[0] for t in times)
+        boto_s = statistics.median(t[1] for t in times)
+        each = ", ".join(f"{b / p:.2f}" for p, b in times)
         print(
             f"| {name} | {mib:.0f} | {pipe_s:.2f} | {mib / pipe_s:.1f} | {boto_s:.2f} | "
-            f"{mib / boto_s:.1f} | {boto_s / pipe_s:.2f} |"
+            f"{mib / boto_s:.1f} | **{boto_s / pipe_s:.2f}** ({each}) |"
         )
     print(f"\nsecond push of the unchanged {count} files: {again:.2f} s, {sent_again:.0f} uploads")
     print(

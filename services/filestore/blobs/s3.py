@@ -40,7 +40,7 @@ _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 
 _COPY_MAX = 5 << 30  # the most one CopyObject request takes
 _MIN_PART = 8 << 20
 _MAX_PARTS = 10_000
-_PARTS_IN_FLIGHT = 4
+_PARTS_IN_FLIGHT = 8
 STAGING_PREFIX = "incoming/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 
@@ -53,8 +53,6 @@ class S3Blobs:
     def __init__(self, client: "S3Client", bucket: str, signer: "S3Client | None" = None) -> None:
         self.client = client
         self.bucket = bucket
-        # Presigned URLs name the endpoint clients use, which may differ from the service's
-        # own (a compose network name inside, a public host name outside).
         self._direct = S3DirectTransfers(client, signer or client, bucket)
 
     @classmethod
@@ -62,7 +60,7 @@ class S3Blobs:
         key_id = settings.s3_access_key_id
         secret = settings.s3_secret_access_key
 
-        def client(endpoint: str | None) -> "S3Client":
+        def client(endpoint: str | None, checksums: str) -> "S3Client":
             return boto3.client(
                 "s3",
                 endpoint_url=endpoint,
@@ -73,16 +71,20 @@ class S3Blobs:
                     retries={"max_attempts": 5, "mode": "standard"},
                     signature_version="s3v4",
                     max_pool_connections=32,
-                    # The service checks every byte's SHA-256 itself: S3's extra CRCs would
-                    # only cost CPU (and presigned URLs must not demand them of clients).
-                    request_checksum_calculation="when_required",
+                    request_checksum_calculation=checksums,
                     response_checksum_validation="when_required",
+                    # Each part carries a CRC32 that S3 checks and the service checks the
+                    # SHA-256 of the whole: a SigV4 hash of every payload (botocore's default
+                    # on plain http) would be a third pass over every byte for nothing.
+                    s3={"payload_signing_enabled": False},
                 ),
             )
 
-        inside = client(settings.s3_endpoint_url)
-        public = settings.s3_public_endpoint_url
-        signer = client(public) if public and public != settings.s3_endpoint_url else None
+        inside = client(settings.s3_endpoint_url, "when_supported")
+        # Presigned URLs must demand no checksum of clients, and name the endpoint clients
+        # use, which may differ from the service's own (a compose network name inside, a
+        # public host name outside).
+        signer = client(settings.s3_public_endpoint_url or settings.s3_endpoint_url, "when_required")
         return cls(inside, settings.s3_bucket, signer)
 
     def exists(self, sha256: str) -> bool:
@@ -247,7 +249,7 @@ class _MultipartWriter:
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.multipart_id: str | None = None
-        self.parts: list[Future[str]] = []
+        self.parts: list[Future[tuple[str, str]]] = []
         self.pool = ThreadPoolExecutor(_PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
 
     def write(self, chunk: bytes) -> None:
@@ -266,7 +268,7 @@ class _MultipartWriter:
     def _send(self, part: bytes) -> None:
         if self.multipart_id is None:
             self.multipart_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=self.key
+                Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="CRC32"
             )["UploadId"]
         in_flight = [p for p in self.parts if not p.done()]
         if len(in_flight) >= _PARTS_IN_FLIGHT:
@@ -274,11 +276,16 @@ class _MultipartWriter:
         number = len(self.parts) + 1
         self.parts.append(self.pool.submit(self._upload_part, self.multipart_id, number, part))
 
-    def _upload_part(self, multipart_id: str, number: int, part: bytes) -> str:
+    def _upload_part(self, multipart_id: str, number: int, part: bytes) -> tuple[str, str]:
         answer = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=multipart_id, PartNumber=number, Body=part
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=multipart_id,
+            PartNumber=number,
+            Body=part,
+            ChecksumAlgorithm="CRC32",
         )
-        return answer["ETag"]
+        return answer["ETag"], answer["ChecksumCRC32"]
 
     def commit(self) -> None:
         try:
@@ -287,13 +294,16 @@ class _MultipartWriter:
                 return
             if self.buffered:
                 self._send(self._take())
-            etags = [p.result() for p in self.parts]
+            sent = [p.result() for p in self.parts]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self.key,
                 UploadId=self.multipart_id,
                 MultipartUpload={
-                    "Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]
+                    "Parts": [
+                        {"ETag": etag, "ChecksumCRC32": crc32, "PartNumber": number}
+                        for number, (etag, crc32) in enumerate(sent, 1)
+                    ]
                 },
             )
         except BaseException:

@@ -5,8 +5,11 @@ the blob becomes readable, and the path is recorded, only once the digest the cl
 declared has been checked: a mismatch, a truncated body or an oversize one commits nothing.
 """
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,6 +23,7 @@ from services.filestore.blobs.store import CHUNK, BlobStore
 from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
 
 Where = tuple[str, str, str]  # project, model, version
+_MD5_POOL = ThreadPoolExecutor(4, thread_name_prefix="md5")
 
 
 async def list_models(*, session: AsyncSession, project: str) -> list[str]:
@@ -64,24 +68,44 @@ async def upload(
     sha256 = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
-    pending = bytearray()
+    batch: list[bytes] = []
+    batched = 0
+    in_flight: asyncio.Future[None] | None = None
 
-    def consume(data: bytes) -> None:  # in a worker thread: hashing 1 MiB takes ms
-        sha256.update(data)
-        md5.update(data)
-        if writer is not None:
-            writer.write(data)
+    def digest_md5(chunks: list[bytes]) -> None:
+        for data in chunks:
+            md5.update(data)
+
+    def consume(chunks: list[bytes]) -> None:  # in a worker thread: hashing 1 MiB takes ms
+        # MD5 (the slowest of the three passes) runs beside the SHA-256 and the sending:
+        # hashlib lets go of the GIL.
+        md5_done = _MD5_POOL.submit(digest_md5, chunks)
+        for data in chunks:
+            sha256.update(data)
+            if writer is not None:
+                writer.write(data)
+        md5_done.result()
+
+    async def hand_over(chunks: list[bytes]) -> None:
+        # One batch is hashed and sent while the next one arrives; never two at once.
+        nonlocal in_flight
+        if in_flight is not None:
+            await in_flight
+        in_flight = asyncio.ensure_future(anyio.to_thread.run_sync(consume, chunks))
 
     try:
         async for chunk in body:
             size += len(chunk)
             if size > max_bytes:
                 raise PayloadTooLarge(f"{path} is larger than {max_bytes} bytes")
-            pending += chunk
-            if len(pending) >= CHUNK:
-                await anyio.to_thread.run_sync(consume, bytes(pending))
-                pending.clear()
-        await anyio.to_thread.run_sync(consume, bytes(pending))
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= CHUNK:
+                await hand_over(batch)
+                batch, batched = [], 0
+        await hand_over(batch)
+        assert in_flight is not None
+        await in_flight
         if declared_size is not None and size != declared_size:
             raise InvalidInput("body", f"{path}: received {size} of {declared_size} bytes")
         if sha256.hexdigest() != declared_sha256:
@@ -91,8 +115,11 @@ async def upload(
         if writer is not None:
             await anyio.to_thread.run_sync(writer.commit)
     except BaseException:
-        if writer is not None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if in_flight is not None:
+                with contextlib.suppress(BaseException):
+                    await in_flight  # the writer is not touched by two threads at once
+            if writer is not None:
                 await anyio.to_thread.run_sync(writer.abort)
         raise
     content = Content(declared_sha256, md5.hexdigest(), size)
