@@ -150,9 +150,18 @@ class Platform:
         if online["state"] != "online":
             raise PlatformError(f"publishing failed: {online['state_detail']}")
         api = int(online["api_version"])
-        return Deployed(
-            project, service, version, api, f"{self.url}/models/{project}/{service}/v{api}"
-        )
+        route = f"/models/{project}/{service}/v{api}"
+        self._wait_routed(route)
+        return Deployed(project, service, version, api, f"{self.url}{route}")
+
+    def _wait_routed(self, route: str, timeout: float = 30) -> None:
+        """The gateway learns of a new version from an event, a moment after the registry
+        says online: the URL printed must answer when the command returns."""
+        deadline = time.monotonic() + timeout
+        while self.http.get(f"{route}/meta").status_code == 404:
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{route} is online but the gateway does not route it")
+            time.sleep(0.1)
 
     def _follow_build(
         self, project: str, service: str, version: str, log: Callable[[str], None]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +150,81 @@ def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) 
             break
         time.sleep(0.3)
     assert json.loads(again.stdout) == {"message": "bonjour, grace"}
+
+
+def test_sigkill_of_one_of_two_replicas_under_load(embedded: Embedded, tmp_path: Path) -> None:
+    """Requests that had not reached the killed replica go to the other one; at most those in
+    flight on it fail (fewer than the callers), and the builder brings it back."""
+    from services.builder.tests.test_deployments import pid_on_port
+
+    deployed = json.loads(
+        embedded.cli(
+            "deploy",
+            str(greeter_folder(tmp_path, "hello")),
+            "--project",
+            "vision",
+            "--replicas",
+            "2",
+            "--json",
+        ).stdout
+    )
+    token = json.loads((tmp_path / ".modelcloud" / "config.json").read_text())["token_file"]
+    headers = {"Authorization": f"Bearer {Path(token).read_text().strip()}"}
+
+    def replicas() -> list[dict[str, object]]:
+        (deployment,) = httpx.get(
+            f"{embedded.url}/v1/projects/vision/deployments", headers=headers
+        ).json()
+        return list(deployment["replicas"])
+
+    for _ in range(100):
+        if len([r for r in replicas() if r["ready"]]) == 2:
+            break
+        time.sleep(0.3)
+    victim = pid_on_port(int(str(replicas()[0]["address"]).rsplit(":", 1)[1]))
+    # deploy returns once the gateway routes the URL it printed
+    assert httpx.post(f"{deployed['url']}/greet", json={"name": "a"}, headers=headers).is_success
+
+    callers = 8
+    outcomes: list[int | str] = []
+    stop = threading.Event()
+
+    def call_in_a_loop() -> None:
+        with httpx.Client(headers=headers, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post(f"{deployed['url']}/greet", json={"name": "ada"})
+                    if answer.status_code == 200:
+                        assert answer.json() == {"message": "hello, ada"}
+                    outcomes.append(answer.status_code)
+                except httpx.TransportError as exc:
+                    outcomes.append(type(exc).__name__)
+
+    workers = [threading.Thread(target=call_in_a_loop) for _ in range(callers)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.5)
+        before = len(outcomes)
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(3)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert set(outcomes[:before]) == {200}
+    failed = [o for o in outcomes[before:] if o != 200]
+    print(
+        f"SIGKILL of 1 of 2 replicas under {callers} callers: {len(failed)} of "
+        f"{len(outcomes) - before} calls after the kill failed ({failed})"
+    )
+    assert len(outcomes) - before > 100  # traffic went on, on the other replica
+    assert len(failed) <= callers  # only requests in flight on the killed replica
+    assert all(o == 502 for o in failed)  # a clear Bad Gateway, never a hang or a 500
+
+    for _ in range(100):  # the builder restarts it, on its port
+        back = [r for r in replicas() if r["ready"] and r["restarts"] == 1]
+        if back:
+            break
+        time.sleep(0.3)
+    assert back
