@@ -6,8 +6,10 @@ with the caller's own token) and reuses the answer for ``cache_s`` seconds, so a
 token stops working within seconds.
 """
 
+import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -44,6 +46,7 @@ class RegistryAccess:
         self._http = httpx.AsyncClient(base_url=registry_url, transport=transport, timeout=10)
         self._cache_s = cache_s
         self._cache: dict[tuple[str, str], tuple[float, Access]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[Access]] = {}
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -52,29 +55,49 @@ class RegistryAccess:
         """The user a token belongs to (for what any valid token may do)."""
         if not authorization:
             raise Unauthorized("send an API token: Authorization: Bearer <token>")
-        key = (hashlib.sha256(authorization.encode()).hexdigest(), "")
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._cache_s:
-            return cached[1].user
-        me = await self._get("/v1/me", {"Authorization": authorization})
-        self._cache[key] = (now, Access(user=str(me["name"]), role="read"))
-        return str(me["name"])
+
+        async def lookup() -> Access:
+            me = await self._get("/v1/me", {"Authorization": authorization})
+            return Access(user=str(me["name"]), role="read")
+
+        return (await self._cached((_digest(authorization), ""), lookup)).user
 
     async def check(self, authorization: str | None, project: str) -> Access:
         if not authorization:
             raise Unauthorized("send an API token: Authorization: Bearer <token>")
-        key = (hashlib.sha256(authorization.encode()).hexdigest(), project)
+
+        async def lookup() -> Access:
+            headers = {"Authorization": authorization}
+            me = await self._get("/v1/me", headers)
+            found = await self._get(f"/v1/projects/{project}", headers)
+            return Access(user=str(me["name"]), role=str(found.get("role") or "read"))
+
+        return await self._cached((_digest(authorization), project), lookup)
+
+    async def _cached(
+        self, key: tuple[str, str], lookup: Callable[[], Awaitable[Access]]
+    ) -> Access:
+        """The cached answer while it is fresh; else one lookup, which every caller asking
+        meanwhile awaits (when an answer expires under load, the registry is asked once,
+        not once per request in flight)."""
         cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._cache_s:
+        if cached is not None and time.monotonic() - cached[0] < self._cache_s:
             return cached[1]
-        headers = {"Authorization": authorization}
-        me = await self._get("/v1/me", headers)
-        found = await self._get(f"/v1/projects/{project}", headers)
-        access = Access(user=str(me["name"]), role=str(found.get("role") or "read"))
-        self._cache[key] = (now, access)
-        return access
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._refresh(key, lookup))
+        return await asyncio.shield(pending)
+
+    async def _refresh(
+        self, key: tuple[str, str], lookup: Callable[[], Awaitable[Access]]
+    ) -> Access:
+        try:
+            asked = time.monotonic()
+            access = await lookup()
+            self._cache[key] = (asked, access)
+            return access
+        finally:
+            del self._pending[key]
 
     async def _get(self, path: str, headers: dict[str, str]) -> dict[str, object]:
         try:
@@ -91,6 +114,10 @@ class RegistryAccess:
             raise ServiceUnavailable(f"the registry answered HTTP {response.status_code}")
         body: dict[str, object] = response.json()
         return body
+
+
+def _digest(authorization: str) -> str:
+    return hashlib.sha256(authorization.encode()).hexdigest()
 
 
 async def access_to(request: Request, project: str, needed: str) -> Access:

@@ -1,9 +1,10 @@
 """What every service's FastAPI app has: problem+json errors, request and correlation ids
 bound to the logs, a request body limit, Prometheus metrics, ``/healthz`` and ``/readyz``."""
 
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, Problem
+from services.common.heap import settle_after_startup
 from services.common.problems import PayloadTooLarge, install_problem_handlers, problem_response
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -48,11 +50,17 @@ def create_service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     max_request_bytes: int,
 ) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def started(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app):
+            settle_after_startup()
+            yield
+
     app = FastAPI(
         title=f"ModelCloud {service}",
         version=version,
         description=description,
-        lifespan=lifespan,
+        lifespan=started,
         responses=PROBLEM_RESPONSES,
     )
     app.state.readiness_checks = {}

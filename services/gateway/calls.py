@@ -11,10 +11,12 @@ reached the model); when every replica is busy past its bound the answer is 503 
 
 import time
 
-import httpx
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette import routing
+from starlette.requests import Request
+from starlette.responses import Response
+from yarl import URL
 
 from services.common.access import RegistryAccess
 from services.common.problems import (
@@ -28,7 +30,6 @@ from services.common.problems import (
 from services.gateway.routing import AllBusy, Route, RoutingTable
 from services.gateway.settings import GatewaySettings
 
-router = APIRouter(tags=["models"])
 METHODS = ["GET", "POST"]
 _PASSED_ON = ("content-type", "accept", "x-request-id", "x-correlation-id")
 _PASSED_BACK = ("content-type", "retry-after")
@@ -46,18 +47,32 @@ class CallMetrics:
         )
 
 
-@router.api_route("/models/{project}/{service}/v{api_version:int}/{path:path}", methods=METHODS)
-async def call_version(
-    project: str, service: str, api_version: int, path: str, request: Request
-) -> Response:
+async def call_version(request: Request) -> Response:
     """Call a published API version of a model service."""
-    return await _call(request, project, service, api_version, path)
+    params = request.path_params
+    return await _call(
+        request, params["project"], params["service"], params["api_version"], params["path"]
+    )
 
 
-@router.api_route("/models/{project}/{service}/{path:path}", methods=METHODS)
-async def call_latest(project: str, service: str, path: str, request: Request) -> Response:
+async def call_latest(request: Request) -> Response:
     """Call the newest online API version of a model service."""
-    return await _call(request, project, service, None, path)
+    params = request.path_params
+    return await _call(request, params["project"], params["service"], None, params["path"])
+
+
+# Plain Starlette routes: a model call is the gateway's hot path, and FastAPI's dependency
+# and validation layers would cost more per call than the forwarding itself (no parameter
+# needs them). They stay out of the OpenAPI document, which describes the platform's APIs;
+# each model's own document is at ``.../openapi.json``.
+routes = [
+    routing.Route(
+        "/models/{project}/{service}/v{api_version:int}/{path:path}",
+        call_version,
+        methods=METHODS,
+    ),
+    routing.Route("/models/{project}/{service}/{path:path}", call_latest, methods=METHODS),
+]
 
 
 async def _call(
@@ -105,7 +120,8 @@ async def _forward(
     headers: dict[str, str],
     settings: GatewaySettings,
 ) -> Response:
-    client: httpx.AsyncClient = request.app.state.replicas
+    session: aiohttp.ClientSession = request.app.state.replicas
+    timeout = aiohttp.ClientTimeout(total=settings.call_timeout_s)
     tried: set[str] = set()
     while True:
         try:
@@ -119,33 +135,37 @@ async def _forward(
                 f"every replica of {route.service} v{route.api_version} is busy; try again"
             )
             return problem_response(busy, request.url.path, retry_after_s=1)
+        host, port = backend.address.rsplit(":", 1)
+        url = URL.build(
+            scheme="http",
+            host=host,
+            port=int(port),
+            path=f"/{path}",
+            query_string=request.url.query,
+        )
         backend.outstanding += 1
         try:
-            answer = await client.request(
-                request.method,
-                f"http://{backend.address}/{path}",
-                params=request.query_params,
-                content=body,
-                headers=headers,
-                timeout=settings.call_timeout_s,
-            )
-        except httpx.ConnectError:
+            async with session.request(
+                request.method, url, data=body, headers=headers, timeout=timeout
+            ) as answer:
+                content = await answer.read()
+        except aiohttp.ClientConnectorError:
             # Never reached the model: safe to try another replica.
             table.eject(backend)
             tried.add(backend.address)
             continue
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise GatewayTimeout(
                 f"{route.service} v{route.api_version} did not answer within "
                 f"{settings.call_timeout_s:.0f} s"
             ) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise BadGateway(f"the replica failed mid-call: {type(exc).__name__}") from None
         finally:
             backend.outstanding -= 1
-        passed = {k: v for k, v in answer.headers.items() if k in _PASSED_BACK}
+        passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_BACK}
         passed["x-modelcloud-api-version"] = str(route.api_version)
-        return Response(answer.content, status_code=answer.status_code, headers=passed)
+        return Response(content, status_code=answer.status, headers=passed)
 
 
 def _not_online(table: RoutingTable, project: str, service: str, api_version: int | None) -> str:
