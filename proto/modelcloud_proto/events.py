@@ -145,6 +145,9 @@ class VersionOnline(Event):
     replicas: list["Replica"]
     device: Device = Field(default=Device.ANY, description="the service's preferred device")
     public: bool = Field(default=False, description="callable with any valid token")
+    timeout_s: float | None = Field(
+        default=None, description="the service's bound on one call (performance notes)"
+    )
 
 
 class VersionOffline(Event):

@@ -67,6 +67,13 @@ class PerformanceNotes(BaseModel):
     device: Device = Device.ANY
     memory: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti)?$")
     latency_ms: float | None = Field(default=None, ge=0)
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="the longest one call may run; the gateway answers 504 past it "
+        "(default: the gateway's own bound)",
+    )
     notes: str | None = Field(default=None, max_length=5000)
 
 

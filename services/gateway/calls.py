@@ -121,7 +121,8 @@ async def _forward(
     settings: GatewaySettings,
 ) -> Response:
     session: aiohttp.ClientSession = request.app.state.replicas
-    timeout = aiohttp.ClientTimeout(total=settings.call_timeout_s)
+    timeout_s = route.timeout_s or settings.call_timeout_s
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     tried: set[str] = set()
     while True:
         try:
@@ -156,8 +157,7 @@ async def _forward(
             continue
         except TimeoutError:
             raise GatewayTimeout(
-                f"{route.service} v{route.api_version} did not answer within "
-                f"{settings.call_timeout_s:.0f} s"
+                f"{route.service} v{route.api_version} did not answer within {timeout_s:g} s"
             ) from None
         except aiohttp.ClientError as exc:
             raise BadGateway(f"the replica failed mid-call: {type(exc).__name__}") from None

@@ -4,12 +4,14 @@ Start-up: logging, the pooled HTTP clients (one for model replicas, one per plat
 service), the routing table filled from the registry, then the events that keep it current.
 """
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from modelcloud_proto.events import Envelope
 from services.common.access import RegistryAccess
@@ -17,10 +19,12 @@ from services.common.events.bus import EventBus
 from services.common.events.choice import bus_for
 from services.common.logging import configure_logging
 from services.common.web import create_service_app
-from services.gateway import tables
+from services.gateway import probes, tables
 from services.gateway.calls import CallMetrics
 from services.gateway.calls import routes as call_routes
 from services.gateway.front_door import router as front_door_router
+from services.gateway.hosts import HostCheck
+from services.gateway.openapi import PlatformDocument
 from services.gateway.routing import RoutingTable
 from services.gateway.settings import GatewaySettings
 
@@ -89,11 +93,18 @@ def create_app(
         app.state.routes = table
         app.state.access = access
         app.state.upstreams = upstreams
+        app.state.platform_document = PlatformDocument(upstreams)
         app.state.replicas = replicas
         app.state.call_metrics = CallMetrics(app.state.metrics_registry)
+        prober = asyncio.create_task(
+            probes.probe_ejected(table, replicas, settings.probe_interval_s)
+        )
         try:
             yield
         finally:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
             if bus is None:
                 await event_bus.close()
             else:
@@ -110,6 +121,17 @@ def create_app(
         lifespan=lifespan,
         max_request_bytes=_STREAMED_LIMIT,
     )
+    # The platform's document replaces the gateway's own at /openapi.json (/docs reads it).
+    app.router.routes[:] = [
+        r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url
+    ]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def platform_openapi(request: Request) -> JSONResponse:
+        document: PlatformDocument = request.app.state.platform_document
+        return JSONResponse(await document.get(app.openapi()))
+
     app.router.routes.extend(call_routes)
     app.include_router(front_door_router)
+    app.add_middleware(HostCheck, allowed_hosts=settings.allowed_hosts)
     return app

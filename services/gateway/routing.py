@@ -8,7 +8,8 @@ twice changes nothing, so the table needs no processed-event bookkeeping.
 Choice of replica: the service's declared device picks the pool (``gpu`` -> gpu replicas,
 ``cpu`` -> cpu replicas, ``any`` -> gpu replicas first, cpu ones when there are none or all
 are busy); inside a pool the replica with the fewest calls in flight wins. A replica that
-refused a connection rests for ``eject_s`` and is then tried again.
+refused a connection is ejected: it rests, and :mod:`services.gateway.probes` asks its
+``/healthz`` until it answers, then puts it back (a rest lasts ``eject_s`` per failed probe).
 """
 
 import time
@@ -40,6 +41,7 @@ class Route:
     api_version: int
     device: Device
     public: bool
+    timeout_s: float | None = None  # the service's own bound on a call, if it declared one
     backends: list[Backend] = field(default_factory=list)
 
 
@@ -117,3 +119,18 @@ class RoutingTable:
 
     def eject(self, backend: Backend) -> None:
         backend.ejected_until = time.monotonic() + self.eject_s
+
+    def readmit(self, backend: Backend) -> None:
+        backend.ejected_until = 0.0
+
+    def ejected(self) -> list[Backend]:
+        """Replicas resting now, each once."""
+        now = time.monotonic()
+        resting = {
+            id(b): b
+            for versions in self._routes.values()
+            for route in versions.values()
+            for b in route.backends
+            if not b.available(now)
+        }
+        return list(resting.values())

@@ -45,6 +45,7 @@ async def load_from_registry(table: RoutingTable, registry: httpx.AsyncClient) -
                         api_version=int(version["api_version"]),
                         device=Device(performance.get("device", "any")),
                         public=bool(service.get("public")),
+                        timeout_s=performance.get("timeout_s"),
                     ),
                     [Replica.model_validate(r) for r in version["replicas"]],
                 )
@@ -72,6 +73,7 @@ def apply(table: RoutingTable, envelope: Envelope) -> None:
                     api_version=event.api_version,
                     device=event.device,
                     public=event.public,
+                    timeout_s=event.timeout_s,
                 ),
                 event.replicas,
             )

@@ -2,6 +2,7 @@
 one, a version taken offline answering a clear 404, a restarted gateway routing at once,
 tokens on every call, and the platform's APIs under the same origin."""
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.builder.tests.conftest import SERVICE, Platform, greeter
+from services.builder.tests.conftest import GREETER, SERVICE, Platform, greeter
 from services.builder.tests.test_builds import build
 from services.builder.tests.test_deployments import publish, wait_for
 from services.common.events.local import LocalBus
@@ -27,6 +28,7 @@ async def running_gateway(platform: Platform) -> AsyncIterator[httpx.AsyncClient
     settings = GatewaySettings(
         data_dir=platform.settings.data_dir.parent / "gateway",
         registry_token=registry.admin_token,
+        allowed_hosts=["gateway"],
     )
     app: FastAPI = create_app(
         settings,
@@ -100,6 +102,23 @@ async def test_versions_side_by_side_offline_and_a_restarted_gateway(platform: P
         assert gone.headers["content-type"] == "application/problem+json"
         assert "v1 of vision/greeter is not online (online: v2)" in gone.json()["detail"]
 
+        elsewhere = await gateway.get(f"{MODEL}/v1/meta", headers={"Host": "evil.example:80"})
+        assert elsewhere.status_code == 400  # a name it is not reached by (DNS rebinding)
+        assert "'evil.example'" in elsewhere.json()["detail"]
+
+        document = (await gateway.get("/openapi.json")).json()  # the platform's, merged
+        for path in (
+            "/v1/projects",  # the registry's
+            "/v1/projects/{project}/builds",  # the builder's
+            "/models/{project}/{service}/v{api_version}/{command}",  # the gateway's own
+        ):
+            assert path in document["paths"], path
+        assert "x-modelcloud-unavailable" in document  # no file store in this test
+        assert {"BuildSpec", "AliasRead"} <= set(document["components"]["schemas"])
+        docs = await gateway.get("/docs")
+        assert docs.status_code == 200
+        assert "/openapi.json" in docs.text
+
         projects = await gateway.get("/v1/projects")  # the registry, through the front door
         assert [p["name"] for p in projects.json()] == ["vision"]
         builds = await gateway.get("/v1/projects/vision/builds")  # the builder
@@ -109,3 +128,40 @@ async def test_versions_side_by_side_offline_and_a_restarted_gateway(platform: P
         again = await greet(restarted, "v2/greet", "grace")
         assert again.json() == {"message": "bonjour, grace"}
         assert (await greet(restarted, "v1/greet", "grace")).status_code == 404
+
+
+SLOW_GREETER = GREETER.replace(
+    'if __name__ == "__main__":',
+    """@modelcloud.command("slow", inputs={"name": text()}, outputs={"message": text()})
+def slow(model, inputs):
+    import time
+
+    time.sleep(5)
+    return {"message": inputs["name"]}
+
+
+if __name__ == "__main__":""",
+)
+
+
+async def test_a_service_s_own_timeout_bounds_its_calls(platform: Platform) -> None:
+    patched = await platform.registry.client.patch(
+        SERVICE, json={"performance": {"device": "cpu", "timeout_s": 1}}
+    )
+    assert patched.status_code == 200, patched.text
+    built = await build(platform, "1.0", greeter("hello", **{"cloud_model.py": SLOW_GREETER}))
+    assert built["state"] == "built", built["state_detail"]
+    assert (await publish(platform, "1.0"))["state"] == "online"
+    async with running_gateway(platform) as gateway:
+        started = time.monotonic()
+        late = await greet(gateway, "v1/slow", "ada")
+        waited = time.monotonic() - started
+        assert late.status_code == 504
+        assert late.headers["content-type"] == "application/problem+json"
+        assert late.json()["detail"] == "greeter v1 did not answer within 1 s"
+        assert waited < 4  # the service's 1 s, not the gateway's default of 120 s
+
+        async def answers_again() -> bool:  # once the replica is done with the slow call
+            return (await greet(gateway, "v1/greet", "ada")).status_code == 200
+
+        await wait_for(answers_again, timeout=30)

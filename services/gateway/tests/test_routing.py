@@ -71,3 +71,58 @@ def test_a_replica_restarted_on_another_port_replaces_the_old_address() -> None:
     moved = Replica(address="127.0.0.1:9555", pool=Device.CPU)
     table.replica_restarted(found.version_id, moved, previous_address=old.address)
     assert [b.address for b in found.backends] == ["127.0.0.1:9555"]
+
+
+async def test_an_ejected_replica_is_probed_back_once_it_answers() -> None:
+    import asyncio
+    import socket
+
+    import aiohttp
+
+    from services.gateway.probes import probe_once
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    table = RoutingTable(max_outstanding=2, eject_s=60)
+    found = Route("vision", "greeter", uuid4(), "1.0", 1, Device.CPU, public=False)
+    table.online(found, [Replica(address=f"127.0.0.1:{port}", pool=Device.CPU)])
+    (backend,) = found.backends
+    table.eject(backend)
+
+    async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async with aiohttp.ClientSession() as session:
+        await probe_once(table, session)  # nothing listens: it rests on
+        assert table.ejected() == [backend]
+        with pytest.raises(AllBusy):
+            table.pick(found)
+        server = await asyncio.start_server(healthz, "127.0.0.1", port)
+        async with server:
+            await probe_once(table, session)
+        assert table.ejected() == []
+        assert table.pick(found) is backend
+
+
+@pytest.mark.parametrize(
+    ("header", "patterns", "ok"),
+    [
+        ("127.0.0.1:8000", ["localhost", "127.0.0.1"], True),
+        ("[::1]:8000", ["::1"], True),
+        ("LOCALHOST", ["localhost"], True),
+        ("api.example.com", ["*.example.com"], True),
+        ("example.com", ["*.example.com"], True),
+        ("badexample.com", ["*.example.com"], False),
+        ("evil.example:80", ["localhost", "127.0.0.1"], False),
+        ("", ["localhost"], False),
+        ("anything", ["*"], True),
+    ],
+)
+def test_host_names_the_gateway_answers_for(header: str, patterns: list[str], ok: bool) -> None:
+    from services.gateway.hosts import allowed, host_name
+
+    assert allowed(host_name(header), patterns) is ok

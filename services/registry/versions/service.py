@@ -289,6 +289,7 @@ async def deployment_ready(*, uow: UnitOfWork, version_id: UUID, replicas: list[
     row.api_version = service.api_versions
     row.replicas = [replica.model_dump(mode="json") for replica in replicas]
     _move(row, VersionState.ONLINE)
+    performance = PerformanceNotes.model_validate(service.performance)
     uow.emit(
         VersionOnline(
             project=project.name,
@@ -297,8 +298,9 @@ async def deployment_ready(*, uow: UnitOfWork, version_id: UUID, replicas: list[
             version=row.version,
             api_version=row.api_version,
             replicas=replicas,
-            device=PerformanceNotes.model_validate(service.performance).device,
+            device=performance.device,
             public=service.public,
+            timeout_s=performance.timeout_s,
         )
     )
 
