@@ -47,6 +47,8 @@ test: lint typecheck pytest ## everything: lint, types, tests
 
 bench: $(STAMP) ## benchmarks (results go to bench/RESULTS.md by hand, with the machine and date)
 	$(BIN)/python bench/model_server.py
+	$(BIN)/python bench/filestore.py
+	$(BIN)/python bench/gateway.py   # needs nginx and wrk: apt-get install nginx-light wrk
 
 up: ## the full stack with docker compose
 	docker compose -f deploy/docker-compose.yml up -d
