@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -129,6 +130,17 @@ def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) 
     v2 = embedded.cli("call", second["url"], "greet", "name=ada")  # the URL deploy printed
     assert json.loads(v1.stdout) == {"message": "hello, ada"}
     assert json.loads(v2.stdout) == {"message": "bonjour, ada"}
+    token = json.loads((tmp_path / ".modelcloud" / "config.json").read_text())["token_file"]
+    headers = {"Authorization": f"Bearer {Path(token).read_text().strip()}"}
+
+    def greet(i: int) -> httpx.Response:
+        url = (first, second)[i % 2]["url"]
+        return httpx.post(f"{url}/greet", json={"name": f"n{i}"}, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:  # both versions at once, each answering as itself
+        answers = list(pool.map(greet, range(16)))
+    for i, answer in enumerate(answers):
+        assert answer.json() == {"message": f"{('hello', 'bonjour')[i % 2]}, n{i}"}
     anonymous = httpx.post(f"{second['url']}/greet", json={"name": "ada"})
     assert anonymous.status_code == 401
 
@@ -142,13 +154,42 @@ def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) 
         time.sleep(0.3)
     assert "v1 of vision/greeter is not online (online: v2)" in gone.stderr
 
-    embedded.down()
-    embedded.up()  # the replica of 2.0 comes back, on its port
-    for _ in range(150):
-        again = embedded.cli("call", "vision/greeter", "greet", "name=grace", ok=False)
-        if again.returncode == 0:
-            break
-        time.sleep(0.3)
+    # Restarted while calls keep coming: they fail only while nothing listens, and the
+    # platform routes v2 again once it is up (its replica comes back on its port).
+    outcomes: list[tuple[float, int | str]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                answer = httpx.post(
+                    f"{second['url']}/greet", json={"name": "x"}, headers=headers, timeout=30
+                )
+                assert answer.status_code != 200 or answer.json() == {"message": "bonjour, x"}
+                outcomes.append((time.monotonic(), answer.status_code))
+            except httpx.TransportError as exc:
+                outcomes.append((time.monotonic(), type(exc).__name__))
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(1)
+        stopping = time.monotonic()
+        embedded.down()
+        embedded.up()
+        for _ in range(150):  # the replica of 2.0 is started again and answers its health check
+            if outcomes and outcomes[-1][1] == 200 and outcomes[-1][0] > stopping:
+                break
+            time.sleep(0.2)
+        back = time.monotonic()
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert {status for at, status in outcomes if at < stopping} == {200}
+    assert {status for at, status in outcomes if at > back} == {200}
+    again = embedded.cli("call", "vision/greeter", "greet", "name=grace")
     assert json.loads(again.stdout) == {"message": "bonjour, grace"}
 
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -60,7 +60,9 @@ class S3Blobs:
         key_id = settings.s3_access_key_id
         secret = settings.s3_secret_access_key
 
-        def client(endpoint: str | None, checksums: str) -> "S3Client":
+        def client(
+            endpoint: str | None, checksums: Literal["when_supported", "when_required"]
+        ) -> "S3Client":
             return boto3.client(
                 "s3",
                 endpoint_url=endpoint,
@@ -84,7 +86,8 @@ class S3Blobs:
         # Presigned URLs must demand no checksum of clients, and name the endpoint clients
         # use, which may differ from the service's own (a compose network name inside, a
         # public host name outside).
-        signer = client(settings.s3_public_endpoint_url or settings.s3_endpoint_url, "when_required")
+        public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+        signer = client(public, "when_required")
         return cls(inside, settings.s3_bucket, signer)
 
     def exists(self, sha256: str) -> bool:

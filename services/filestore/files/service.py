@@ -104,8 +104,8 @@ async def upload(
                 await hand_over(batch)
                 batch, batched = [], 0
         await hand_over(batch)
-        assert in_flight is not None
-        await in_flight
+        if in_flight is not None:
+            await in_flight
         if declared_size is not None and size != declared_size:
             raise InvalidInput("body", f"{path}: received {size} of {declared_size} bytes")
         if sha256.hexdigest() != declared_sha256:
