@@ -14,7 +14,7 @@ import uvicorn
 
 from services.common.settings import ServiceSettings
 
-SERVICES = ("gateway", "registry", "builder", "filestore")
+SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +66,12 @@ def _service(name: str, overrides: dict[str, Any]) -> tuple[Any, ServiceSettings
 
         filestore_settings = FilestoreSettings(**overrides)
         return filestore_app(filestore_settings), filestore_settings
+    if name == "metrics":
+        from services.metrics.main import create_app as metrics_app
+        from services.metrics.settings import MetricsSettings
+
+        metrics_settings = MetricsSettings(**overrides)
+        return metrics_app(metrics_settings), metrics_settings
     from services.registry.main import create_app as registry_app
     from services.registry.settings import RegistrySettings
 

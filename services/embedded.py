@@ -28,6 +28,8 @@ from services.filestore.main import create_app as filestore_app
 from services.filestore.settings import FilestoreSettings
 from services.gateway.main import create_app as gateway_app
 from services.gateway.settings import GatewaySettings
+from services.metrics.main import create_app as metrics_app
+from services.metrics.settings import MetricsSettings
 from services.registry.admin import create_admin_user
 from services.registry.main import create_app as registry_app
 from services.registry.settings import RegistrySettings
@@ -95,6 +97,17 @@ async def run(
             port + 3,
         ),
         (
+            metrics_app(
+                MetricsSettings(
+                    data_dir=data_dir / "metrics",
+                    host=host,
+                    port=port + 4,
+                    registry_url=urls["registry"],
+                )
+            ),
+            port + 4,
+        ),
+        (
             gateway_app(
                 GatewaySettings(
                     data_dir=data_dir / "gateway",
@@ -103,6 +116,7 @@ async def run(
                     registry_url=urls["registry"],
                     builder_url=urls["builder"],
                     filestore_url=urls["filestore"],
+                    metrics_url=urls["metrics"],
                     registry_token=platform_token,
                 ),
                 bus=bus,
@@ -145,7 +159,7 @@ async def run(
                 loop.remove_signal_handler(sig)
 
 
-_SERVICES = ("gateway", "registry", "builder", "filestore")
+_SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")
 
 
 def _prepare(data_dir: Path) -> Path:

@@ -28,6 +28,7 @@ _HOP_BY_HOP = frozenset(
 )
 _BUILDER = ("builds", "deployments")
 _FILESTORE = ("models",)
+_METRICS = ("runs",)
 
 
 def owner(path: str) -> str:
@@ -40,6 +41,8 @@ def owner(path: str) -> str:
             return "builder"
         if parts[2] in _FILESTORE:
             return "filestore"
+        if parts[2] in _METRICS:
+            return "metrics"
     return "registry"
 
 

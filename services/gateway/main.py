@@ -52,6 +52,7 @@ def create_app(
             "registry": settings.registry_url,
             "builder": settings.builder_url,
             "filestore": settings.filestore_url,
+            "metrics": settings.metrics_url,
         }
         upstreams = {
             # No read timeout: live build logs stream for as long as the build runs.

@@ -14,6 +14,7 @@ class GatewaySettings(ServiceSettings):
     registry_url: str = "http://127.0.0.1:8001"
     builder_url: str = "http://127.0.0.1:8002"
     filestore_url: str = "http://127.0.0.1:8003"
+    metrics_url: str = "http://127.0.0.1:8004"
     registry_token: SecretStr | None = Field(
         default=None, description="the gateway's own token, to read what is online at start"
     )

@@ -28,13 +28,13 @@ def free_port_block() -> int:
 
     for base in range(18_100, 19_000, 10):
         try:
-            for port in range(base, base + 4):
+            for port in range(base, base + 5):
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", port))
         except OSError:
             continue
         return base
-    raise RuntimeError("no 4 free ports in a row")
+    raise RuntimeError("no 5 free ports in a row")
 
 
 class Embedded:

@@ -1,0 +1,82 @@
+"""The metrics service: ``create_app(settings)`` builds everything on start, nothing at
+import."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from services.common.access import RegistryAccess
+from services.common.database import create_engine, session_factory
+from services.common.logging import configure_logging
+from services.common.migrations import upgrade
+from services.common.web import add_database_check, create_service_app
+from services.metrics.runs import service
+from services.metrics.runs.router import router as runs_router
+from services.metrics.settings import MetricsSettings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION = "0.1.0"
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: MetricsSettings | None = None,
+    *,
+    registry_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The metrics service; ``registry_transport`` reaches an in-process registry (tests, the
+    all-in-one platform) instead of ``settings.registry_url`` over the network."""
+    settings = settings or MetricsSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging("metrics", settings.log_format, settings.log_level)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.sqlalchemy_url())
+        await upgrade(engine, MIGRATIONS)
+        sessions = session_factory(engine)
+        access = RegistryAccess(
+            settings.registry_url, cache_s=settings.auth_cache_s, transport=registry_transport
+        )
+        app.state.settings = settings
+        app.state.sessions = sessions
+        app.state.access = access
+        add_database_check(app, engine)
+
+        async def watch_quiet_runs() -> None:
+            while True:
+                await asyncio.sleep(min(60.0, settings.crashed_after_s / 4))
+                try:
+                    async with sessions() as session:
+                        crashed = await service.mark_quiet_runs_crashed(
+                            session, settings.crashed_after_s
+                        )
+                    if crashed:
+                        log.info("%d quiet runs marked crashed", crashed)
+                except Exception:
+                    log.exception("could not look for quiet runs")
+
+        watcher = asyncio.create_task(watch_quiet_runs())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await access.close()
+            await engine.dispose()
+
+    app = create_service_app(
+        service="metrics",
+        version=VERSION,
+        description="Training runs: hyperparameters and metrics per step, compared live.",
+        lifespan=lifespan,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    app.include_router(runs_router)
+    return app

@@ -1,0 +1,127 @@
+"""``/v1/projects/{project}/runs``: training runs, their parameters and metric series."""
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, status
+
+from services.common.access import access_to
+from services.common.problems import InvalidInput
+from services.metrics.deps import Name, SessionDep
+from services.metrics.runs import service
+from services.metrics.runs.models import (
+    Comparison,
+    IngestResult,
+    ParamValue,
+    PointBatch,
+    RunCreate,
+    RunRead,
+    RunStatus,
+    RunUpdate,
+    Series,
+)
+
+router = APIRouter(prefix="/v1/projects/{project}/runs", tags=["runs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_run(
+    project: Name, data: RunCreate, request: Request, session: SessionDep
+) -> RunRead:
+    access = await access_to(request, project, "write")
+    return await service.create_run(session, project, access.user, data)
+
+
+@router.get("")
+async def list_runs(
+    project: Name,
+    request: Request,
+    session: SessionDep,
+    experiment: str | None = None,
+    run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
+    param: Annotated[
+        list[str], Query(description="key:value, repeatable: runs with these parameters")
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[RunRead]:
+    access = await access_to(request, project, "read")
+    wanted = {}
+    for index, item in enumerate(param):
+        key, colon, value = item.partition(":")
+        if not colon or not key:
+            raise InvalidInput(f"param[{index}]", f"{item!r} is not key:value")
+        wanted[key] = value
+    return await service.list_runs(
+        session,
+        project,
+        access.user,
+        experiment=experiment,
+        status=run_status,
+        params=wanted,
+        limit=limit,
+    )
+
+
+@router.get("/compare")
+async def compare_runs(
+    project: Name,
+    request: Request,
+    session: SessionDep,
+    run: Annotated[list[UUID], Query(min_length=1, max_length=50)],
+) -> Comparison:
+    access = await access_to(request, project, "read")
+    return await service.compare(session, project, access.user, run)
+
+
+@router.get("/{run_id}")
+async def get_run(project: Name, run_id: UUID, request: Request, session: SessionDep) -> RunRead:
+    access = await access_to(request, project, "read")
+    run = await service.visible_run(session, project, access.user, run_id)
+    return await service._read(session, run)
+
+
+@router.patch("/{run_id}")
+async def update_run(
+    project: Name, run_id: UUID, data: RunUpdate, request: Request, session: SessionDep
+) -> RunRead:
+    access = await access_to(request, project, "write")
+    run = await service.own_run(session, project, access.user, run_id)
+    return await service.update_run(session, run, data)
+
+
+@router.post("/{run_id}/params")
+async def log_params(
+    project: Name,
+    run_id: UUID,
+    params: dict[str, ParamValue],
+    request: Request,
+    session: SessionDep,
+) -> RunRead:
+    access = await access_to(request, project, "write")
+    checked = RunCreate(name="-", params=params).params  # the same rules as at creation
+    run = await service.own_run(session, project, access.user, run_id)
+    return await service.log_params(session, run, checked)
+
+
+@router.post("/{run_id}/metrics")
+async def log_metrics(
+    project: Name, run_id: UUID, batch: PointBatch, request: Request, session: SessionDep
+) -> IngestResult:
+    access = await access_to(request, project, "write")
+    run = await service.own_run(session, project, access.user, run_id)
+    limit = request.app.state.settings.max_points_per_call
+    return await service.ingest(session, run, batch.points, limit)
+
+
+@router.get("/{run_id}/metrics/{key:path}")
+async def get_series(
+    project: Name,
+    run_id: UUID,
+    key: str,
+    request: Request,
+    session: SessionDep,
+    max_points: Annotated[int, Query(ge=2, le=100_000)] = 2000,
+) -> Series:
+    access = await access_to(request, project, "read")
+    run = await service.visible_run(session, project, access.user, run_id)
+    return await service.series(session, run, key, max_points)

@@ -1,0 +1,275 @@
+"""Runs, their parameters and metric points: creating, ingesting, reading, comparing.
+
+Each user sees their own runs and the runs shared with the project; any other run id is
+answered 404, as if it did not exist. Points are inserted in batches with "on conflict do
+nothing" on (run, key, step), so a batch sent twice (a retry after a lost answer, a spooled
+batch sent again) stores each point once.
+"""
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import and_, func, or_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from services.common.problems import Conflict, NotFound, PayloadTooLarge
+from services.metrics.runs.models import (
+    Comparison,
+    IngestResult,
+    MetricPoint,
+    Point,
+    Run,
+    RunCreate,
+    RunParam,
+    RunRead,
+    RunStatus,
+    RunUpdate,
+    Series,
+)
+
+_INSERT_CHUNK = 5_000  # rows per INSERT: under SQLite's limit of bound variables
+
+
+async def create_run(session: AsyncSession, project: str, user: str, data: RunCreate) -> RunRead:
+    run_id = data.id or uuid4()
+    existing = await session.get(Run, run_id)
+    if existing is not None:
+        if existing.user != user or existing.project != project:
+            raise Conflict(f"run id {run_id} is taken")
+        return await _read(session, existing)  # a retried create
+    now = datetime.now(UTC)
+    run = Run(
+        id=run_id,
+        project=project,
+        experiment=data.experiment,
+        name=data.name,
+        user=user,
+        status=RunStatus.RUNNING,
+        started_at=now,
+        last_seen_at=now,
+        tags=data.tags,
+        code_version=data.code_version,
+        model_version=data.model_version,
+        shared=data.shared,
+    )
+    session.add(run)
+    await session.flush()
+    for key, value in data.params.items():
+        session.add(RunParam(run_id=run_id, key=key, value=json.dumps(value)))
+    await session.commit()
+    return await _read(session, run)
+
+
+async def visible_run(session: AsyncSession, project: str, user: str, run_id: UUID) -> Run:
+    run = await session.get(Run, run_id)
+    if run is None or run.project != project or (run.user != user and not run.shared):
+        raise NotFound(f"there is no run {run_id} in project {project!r}")
+    return run
+
+
+async def own_run(session: AsyncSession, project: str, user: str, run_id: UUID) -> Run:
+    run = await visible_run(session, project, user, run_id)
+    if run.user != user:
+        raise NotFound(f"run {run_id} is shared with you, but only {run.user} changes it")
+    return run
+
+
+async def log_params(session: AsyncSession, run: Run, params: dict[str, Any]) -> RunRead:
+    for key, value in params.items():
+        found = await session.get(RunParam, (run.id, key))
+        if found is None:
+            session.add(RunParam(run_id=run.id, key=key, value=json.dumps(value)))
+        else:
+            found.value = json.dumps(value)
+    run.last_seen_at = datetime.now(UTC)
+    await session.commit()
+    return await _read(session, run)
+
+
+async def ingest(
+    session: AsyncSession, run: Run, points: Sequence[Point], max_points: int
+) -> IngestResult:
+    if len(points) > max_points:
+        raise PayloadTooLarge(f"at most {max_points} points per request; send them in batches")
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "run_id": run.id,
+            "key": p.key,
+            "step": p.step,
+            "value": p.value,
+            "logged_at": p.time or now,
+        }
+        for p in points
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stored = 0
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        statement = insert(MetricPoint).values(rows[start : start + _INSERT_CHUNK])
+        result = await session.exec(statement.on_conflict_do_nothing())
+        stored += max(result.rowcount, 0)
+    run.last_seen_at = now
+    if run.status is RunStatus.CRASHED:  # it was only quiet: it is alive
+        run.status = RunStatus.RUNNING
+    await session.commit()
+    return IngestResult(received=len(points), stored=stored)
+
+
+async def update_run(session: AsyncSession, run: Run, data: RunUpdate) -> RunRead:
+    if data.status is not None:
+        run.status = data.status
+        run.ended_at = None if data.status is RunStatus.RUNNING else datetime.now(UTC)
+    if data.notes is not None:
+        run.notes = data.notes
+    if data.shared is not None:
+        run.shared = data.shared
+    if data.tags is not None:
+        run.tags = data.tags
+    run.last_seen_at = datetime.now(UTC)
+    await session.commit()
+    return await _read(session, run)
+
+
+async def list_runs(
+    session: AsyncSession,
+    project: str,
+    user: str,
+    *,
+    experiment: str | None = None,
+    status: RunStatus | None = None,
+    params: dict[str, str] | None = None,
+    limit: int = 100,
+) -> list[RunRead]:
+    query = select(Run).where(Run.project == project, or_(col(Run.user) == user, col(Run.shared)))
+    if experiment is not None:
+        query = query.where(Run.experiment == experiment)
+    if status is not None:
+        query = query.where(Run.status == status)
+    for key, value in (params or {}).items():
+        query = query.where(
+            select(RunParam.run_id)
+            .where(
+                RunParam.run_id == Run.id,
+                RunParam.key == key,
+                or_(col(RunParam.value) == value, col(RunParam.value) == json.dumps(value)),
+            )
+            .exists()
+        )
+    runs = (await session.exec(query.order_by(col(Run.started_at).desc()).limit(limit))).all()
+    return [await _read(session, run) for run in runs]
+
+
+async def series(session: AsyncSession, run: Run, key: str, max_points: int) -> Series:
+    """A metric's points by step; evenly thinned to about ``max_points`` when longer (the
+    first and the last point always kept)."""
+    total = (
+        await session.exec(
+            select(func.count()).where(MetricPoint.run_id == run.id, MetricPoint.key == key)
+        )
+    ).one()
+    query = select(MetricPoint.step, MetricPoint.value).where(
+        MetricPoint.run_id == run.id, MetricPoint.key == key
+    )
+    if total > max_points:
+        stride = -(-total // max_points)
+        numbered = (
+            select(
+                MetricPoint.step,
+                MetricPoint.value,
+                func.row_number().over(order_by=col(MetricPoint.step)).label("n"),
+            )
+            .where(MetricPoint.run_id == run.id, MetricPoint.key == key)
+            .subquery()
+        )
+        query = select(numbered.c.step, numbered.c.value).where(
+            or_((numbered.c.n - 1) % stride == 0, numbered.c.n == total)
+        )
+        rows = (await session.exec(query.order_by(numbered.c.step))).all()
+    else:
+        rows = (await session.exec(query.order_by(col(MetricPoint.step)))).all()
+    return Series(
+        key=key, steps=[r[0] for r in rows], values=[r[1] for r in rows], total=int(total)
+    )
+
+
+async def compare(
+    session: AsyncSession, project: str, user: str, run_ids: Sequence[UUID]
+) -> Comparison:
+    runs = [await _read(session, await visible_run(session, project, user, i)) for i in run_ids]
+    keys = sorted({key for run in runs for key in run.params})
+    params = {
+        key: {str(run.id): run.params[key] for run in runs if key in run.params} for key in keys
+    }
+    differing = [
+        key
+        for key in keys
+        if len(params[key]) != len(runs) or len({json.dumps(v) for v in params[key].values()}) > 1
+    ]
+    return Comparison(runs=runs, params=params, differing=differing)
+
+
+async def mark_quiet_runs_crashed(session: AsyncSession, quiet_for_s: float) -> int:
+    """Runs still 'running' that have sent nothing for ``quiet_for_s``: their process died
+    without a word (SIGKILL, a lost machine)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=quiet_for_s)
+    quiet = (
+        await session.exec(
+            select(Run).where(
+                and_(col(Run.status) == RunStatus.RUNNING, col(Run.last_seen_at) < cutoff)
+            )
+        )
+    ).all()
+    for run in quiet:
+        run.status = RunStatus.CRASHED
+        run.ended_at = run.last_seen_at
+    await session.commit()
+    return len(quiet)
+
+
+async def _read(session: AsyncSession, run: Run) -> RunRead:
+    params = (await session.exec(select(RunParam).where(RunParam.run_id == run.id))).all()
+    last = (
+        select(MetricPoint.key, func.max(MetricPoint.step).label("step"))
+        .where(MetricPoint.run_id == run.id)
+        .group_by(col(MetricPoint.key))
+        .subquery()
+    )
+    latest = (
+        await session.exec(
+            select(MetricPoint.key, MetricPoint.value).join(
+                last,
+                and_(
+                    col(MetricPoint.run_id) == run.id,
+                    col(MetricPoint.key) == last.c.key,
+                    col(MetricPoint.step) == last.c.step,
+                ),
+            )
+        )
+    ).all()
+    return RunRead(
+        id=run.id,
+        project=run.project,
+        experiment=run.experiment,
+        name=run.name,
+        user=run.user,
+        status=run.status,
+        started_at=_utc(run.started_at),
+        ended_at=_utc(run.ended_at) if run.ended_at else None,
+        tags=run.tags,
+        code_version=run.code_version,
+        model_version=run.model_version,
+        notes=run.notes,
+        shared=run.shared,
+        params={p.key: json.loads(p.value) for p in params},
+        latest={row[0]: row[1] for row in latest},
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
