@@ -20,7 +20,7 @@ Decorate a working predict script and run it::
 ``Starting model server at http://0.0.0.0:9000...``.
 """
 
-from modelcloud import data_types, exceptions
+from modelcloud import data_types, exceptions, tracking
 from modelcloud._model import Model
 from modelcloud._model import default_model as _default_model
 from modelcloud._runner import run
@@ -40,4 +40,5 @@ __all__ = [
     "exceptions",
     "run",
     "setup",
+    "tracking",
 ]

@@ -1,0 +1,88 @@
+"""The tracker with no server: a real training loop (scikit-learn's digits) logs through
+the three-step API into a local SQLite file, and reads back as the seed promises."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+import modelcloud
+
+
+@pytest.fixture(autouse=True)
+def local_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELCLOUD_TRACKING", "local")
+    monkeypatch.setenv("MODELCLOUD_TRACKING_DB", str(tmp_path / "tracking.db"))
+    monkeypatch.setenv("MODELCLOUD_TRACKING_SPOOL", str(tmp_path / "spool"))
+    return tmp_path / "tracking.db"
+
+
+def train_digits(run: modelcloud.tracking.Run, epochs: int, alpha: float) -> None:
+    """SGD logistic regression on scikit-learn's digits, one pass per epoch."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score
+    from sklearn.model_selection import train_test_split
+
+    features, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(features / 16, labels, random_state=0)
+    model = SGDClassifier(loss="log_loss", alpha=alpha, random_state=0)
+    classes = sorted(set(labels))
+    for epoch in range(epochs):
+        model.partial_fit(train_x, train_y, classes=classes)
+        predicted = model.predict(test_x)
+        run.log(
+            epoch=epoch,
+            loss=log_loss(test_y, model.predict_proba(test_x), labels=classes),
+            acc=accuracy_score(test_y, predicted),
+            precision=precision_score(test_y, predicted, average="macro", zero_division=0),
+            f1=f1_score(test_y, predicted, average="macro"),
+        )
+
+
+def test_three_steps_then_read_back_with_no_server() -> None:
+    run = modelcloud.tracking.start(project="digits", name="sgd", params={"alpha": 1e-4})
+    train_digits(run, epochs=5, alpha=1e-4)
+    run.finish()
+
+    (found,) = modelcloud.tracking.runs(project="digits")
+    assert found.name == "sgd"
+    assert found.status == "finished"
+    assert found.params == {"alpha": 1e-4}
+    assert set(found.metrics) == {"loss", "acc", "precision", "f1"}
+    assert [step for step, _ in found.metrics["acc"]] == [0, 1, 2, 3, 4]
+    assert found.metrics["acc"][-1][1] > 0.85  # it really learned the digits
+    assert found.metrics["loss"][-1][1] < found.metrics["loss"][0][1] * 1.5
+
+
+def test_a_raising_block_marks_the_run_failed_and_keeps_its_points() -> None:
+    def diverge() -> None:
+        with modelcloud.tracking.start("digits", "boom") as run:
+            run.log(loss=1.0)
+            run.log(loss=0.5)  # the next step
+            raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError):
+        diverge()
+    (found,) = modelcloud.tracking.runs(project="digits")
+    assert found.status == "failed"
+    assert found.metrics == {"loss": [(0, 1.0), (1, 0.5)]}
+
+
+def test_non_finite_values_are_dropped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), modelcloud.tracking.start("digits", "nan") as run:
+        run.log(step=0, loss=float("nan"), acc=0.5)
+        run.log(step=1, loss=float("inf"), acc=0.6)
+    (found,) = modelcloud.tracking.runs(project="digits")
+    assert found.metrics == {"acc": [(0, 0.5), (1, 0.6)]}
+    warnings = [r for r in caplog.records if "not stored" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_runs_are_listed_per_project_and_experiment() -> None:
+    for project, experiment in (("a", "x"), ("a", "y"), ("b", "x")):
+        modelcloud.tracking.start(
+            project, f"{project}-{experiment}", experiment=experiment
+        ).finish()
+    assert [r.name for r in modelcloud.tracking.runs("a")] == ["a-x", "a-y"]
+    assert [r.name for r in modelcloud.tracking.runs("a", experiment="y")] == ["a-y"]
