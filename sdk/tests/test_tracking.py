@@ -1,8 +1,10 @@
 """The tracker with no server: a real training loop (scikit-learn's digits) logs through
 the three-step API into a local SQLite file, and reads back as the seed promises."""
 
+import importlib.util
 import logging
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,32 +19,20 @@ def local_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "tracking.db"
 
 
-def train_digits(run: modelcloud.tracking.Run, epochs: int, alpha: float) -> None:
-    """SGD logistic regression on scikit-learn's digits, one pass per epoch."""
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import SGDClassifier
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score
-    from sklearn.model_selection import train_test_split
-
-    features, labels = load_digits(return_X_y=True)
-    train_x, test_x, train_y, test_y = train_test_split(features / 16, labels, random_state=0)
-    model = SGDClassifier(loss="log_loss", alpha=alpha, random_state=0)
-    classes = sorted(set(labels))
-    for epoch in range(epochs):
-        model.partial_fit(train_x, train_y, classes=classes)
-        predicted = model.predict(test_x)
-        run.log(
-            epoch=epoch,
-            loss=log_loss(test_y, model.predict_proba(test_x), labels=classes),
-            acc=accuracy_score(test_y, predicted),
-            precision=precision_score(test_y, predicted, average="macro", zero_division=0),
-            f1=f1_score(test_y, predicted, average="macro"),
-        )
+def digits_example() -> ModuleType:
+    """``examples/digits-training/train.py``, the example users run."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "digits-training" / "train.py"
+    spec = importlib.util.spec_from_file_location("digits_training", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_three_steps_then_read_back_with_no_server() -> None:
     run = modelcloud.tracking.start(project="digits", name="sgd", params={"alpha": 1e-4})
-    train_digits(run, epochs=5, alpha=1e-4)
+    digits_example().train(run, epochs=5, alpha=1e-4)
     run.finish()
 
     (found,) = modelcloud.tracking.runs(project="digits")
