@@ -65,7 +65,9 @@ def create_app(
         # (bench/gateway.py), and a model call is the gateway's hot path. Bodies pass as
         # they are: no decompression, no headers of its own beyond those HTTP requires.
         replicas = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # Idle connections are let go before a replica's server drops them (uvicorn's
+            # keep-alive is 5 s), so a call never goes out on one the replica is closing.
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )

@@ -242,6 +242,7 @@ def test_deploy_versions_offline_and_gateway_restart_on_the_real_stack(
     # Traffic keeps flowing while the gateway restarts: calls fail only while no gateway
     # listens, and the new one routes at once from the registry (no event has to arrive).
     results: list[tuple[float, int | str]] = []
+    details: list[str] = []
     stop = threading.Event()
 
     def traffic() -> None:
@@ -251,6 +252,8 @@ def test_deploy_versions_offline_and_gateway_restart_on_the_real_stack(
                     answer = client.post(f"{second['url']}/greet", json={"name": "x"})
                     assert answer.status_code != 200 or answer.json() == {"message": "hej, x"}
                     results.append((time.monotonic(), answer.status_code))
+                    if answer.status_code != 200:
+                        details.append(answer.text)
                 except httpx.TransportError as exc:
                     results.append((time.monotonic(), type(exc).__name__))
                 time.sleep(0.01)
@@ -273,6 +276,6 @@ def test_deploy_versions_offline_and_gateway_restart_on_the_real_stack(
     failed = [status for status in gap if status != 200]
     print(f"gateway restart: {len(failed)} of {len(gap)} calls failed in {ready - down:.2f} s")
     assert before
-    assert set(before) == {200}
+    assert set(before) == {200}, details
     assert after
     assert set(after) == {200}, after
