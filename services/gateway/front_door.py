@@ -57,7 +57,7 @@ async def front_door(path: str, request: Request) -> StreamingResponse:
     outgoing = client.build_request(
         request.method,
         f"/v1/{path}",
-        params=request.query_params,
+        params=request.url.query,  # as sent: repeated keys (?run=a&run=b) kept
         headers=headers,
         content=request.stream(),
     )

@@ -15,7 +15,9 @@ from services.common.database import create_engine, session_factory
 from services.common.logging import configure_logging
 from services.common.migrations import upgrade
 from services.common.web import add_database_check, create_service_app
+from services.metrics.page.router import router as page_router
 from services.metrics.runs import service
+from services.metrics.runs.live import LiveHub
 from services.metrics.runs.router import router as runs_router
 from services.metrics.settings import MetricsSettings
 
@@ -46,6 +48,7 @@ def create_app(
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.access = access
+        app.state.live = LiveHub()
         add_database_check(app, engine)
 
         async def watch_quiet_runs() -> None:
@@ -78,5 +81,6 @@ def create_app(
         lifespan=lifespan,
         max_request_bytes=settings.max_request_bytes,
     )
+    app.include_router(page_router)  # before the runs: /dashboard is not a run id
     app.include_router(runs_router)
     return app

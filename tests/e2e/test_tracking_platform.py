@@ -59,6 +59,25 @@ def test_a_training_script_logs_through_the_gateway(tracking_env: Embedded, tmp_
     assert [step for step, _ in run.metrics["f1"]] == list(range(8))
     assert run.metrics["acc"][-1][1] > 0.85
     assert not list((tmp_path / "spool").glob("*.json"))  # nothing was left waiting
+    other = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--name", "other", "--alpha", "0.01", "--epochs", "8"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+        env=os.environ.copy(),
+    )
+    assert other.returncode == 0
+    config = json.loads((tmp_path / ".modelcloud" / "config.json").read_text())
+    token = Path(config["token_file"]).read_text().strip()
+    runs = httpx.get(
+        f"{config['url']}/v1/projects/digits/runs", headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    compared = httpx.get(  # repeated query keys pass the gateway as they are
+        f"{config['url']}/v1/projects/digits/runs/compare",
+        params={"run": [r["id"] for r in runs]},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    assert compared["differing"] == ["alpha"]
     assert not (tmp_path / "never-used.db").exists()  # the platform took it, not a local file
 
 

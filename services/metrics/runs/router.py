@@ -1,14 +1,19 @@
 """``/v1/projects/{project}/runs``: training runs, their parameters and metric series."""
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import StreamingResponse
 
 from services.common.access import access_to
 from services.common.problems import InvalidInput
 from services.metrics.deps import Name, SessionDep
 from services.metrics.runs import service
+from services.metrics.runs.live import LiveHub
 from services.metrics.runs.models import (
     Comparison,
     IngestResult,
@@ -22,6 +27,7 @@ from services.metrics.runs.models import (
 )
 
 router = APIRouter(prefix="/v1/projects/{project}/runs", tags=["runs"])
+KEEP_ALIVE_S = 15.0
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -29,7 +35,7 @@ async def create_run(
     project: Name, data: RunCreate, request: Request, session: SessionDep
 ) -> RunRead:
     access = await access_to(request, project, "write")
-    return await service.create_run(session, project, access.user, data)
+    return await service.create_run(session, project, access.user, data, request.app.state.live)
 
 
 @router.get("")
@@ -73,6 +79,47 @@ async def compare_runs(
     return await service.compare(session, project, access.user, run)
 
 
+@router.get(
+    "/live",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def live_updates(project: Name, request: Request) -> StreamingResponse:
+    """Server-Sent Events as runs change: ``points`` (``{run, points: [[key, step, value]]}``),
+    ``run`` (a run created or changed), ``reload`` (a run's series grew by a big batch) and
+    ``resync`` (this reader fell behind: reload everything)."""
+    access = await access_to(request, project, "read")
+    hub: LiveHub = request.app.state.live
+    reader = hub.join(project, access.user)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield ": connected\n\n"
+            while True:
+                if reader.behind:
+                    while not reader.queue.empty():
+                        reader.queue.get_nowait()
+                    reader.behind = False
+                    yield "event: resync\ndata: {}\n\n"
+                try:
+                    update = await asyncio.wait_for(reader.queue.get(), timeout=KEEP_ALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if update is None:
+                    return
+                body = json.dumps({"run": str(update.run_id), **update.data})
+                yield f"event: {update.kind}\ndata: {body}\n\n"
+        finally:
+            hub.leave(project, reader)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 @router.get("/{run_id}")
 async def get_run(project: Name, run_id: UUID, request: Request, session: SessionDep) -> RunRead:
     access = await access_to(request, project, "read")
@@ -86,7 +133,7 @@ async def update_run(
 ) -> RunRead:
     access = await access_to(request, project, "write")
     run = await service.own_run(session, project, access.user, run_id)
-    return await service.update_run(session, run, data)
+    return await service.update_run(session, run, data, request.app.state.live)
 
 
 @router.post("/{run_id}/params")
@@ -110,7 +157,7 @@ async def log_metrics(
     access = await access_to(request, project, "write")
     run = await service.own_run(session, project, access.user, run_id)
     limit = request.app.state.settings.max_points_per_call
-    return await service.ingest(session, run, batch.points, limit)
+    return await service.ingest(session, run, batch.points, limit, request.app.state.live)
 
 
 @router.get("/{run_id}/metrics/{key:path}")

@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.problems import Conflict, NotFound, PayloadTooLarge
+from services.metrics.runs.live import POINTS_PER_EVENT, LiveHub, Update
 from services.metrics.runs.models import (
     Comparison,
     IngestResult,
@@ -35,7 +36,9 @@ from services.metrics.runs.models import (
 _INSERT_CHUNK = 5_000  # rows per INSERT: under SQLite's limit of bound variables
 
 
-async def create_run(session: AsyncSession, project: str, user: str, data: RunCreate) -> RunRead:
+async def create_run(
+    session: AsyncSession, project: str, user: str, data: RunCreate, hub: LiveHub | None = None
+) -> RunRead:
     run_id = data.id or uuid4()
     existing = await session.get(Run, run_id)
     if existing is not None:
@@ -62,7 +65,9 @@ async def create_run(session: AsyncSession, project: str, user: str, data: RunCr
     for key, value in data.params.items():
         session.add(RunParam(run_id=run_id, key=key, value=json.dumps(value)))
     await session.commit()
-    return await _read(session, run)
+    read = await _read(session, run)
+    _announce(hub, run, read)
+    return read
 
 
 async def visible_run(session: AsyncSession, project: str, user: str, run_id: UUID) -> Run:
@@ -92,7 +97,11 @@ async def log_params(session: AsyncSession, run: Run, params: dict[str, Any]) ->
 
 
 async def ingest(
-    session: AsyncSession, run: Run, points: Sequence[Point], max_points: int
+    session: AsyncSession,
+    run: Run,
+    points: Sequence[Point],
+    max_points: int,
+    hub: LiveHub | None = None,
 ) -> IngestResult:
     if len(points) > max_points:
         raise PayloadTooLarge(f"at most {max_points} points per request; send them in batches")
@@ -115,13 +124,24 @@ async def ingest(
         result = await session.exec(statement.on_conflict_do_nothing())
         stored += max(result.rowcount, 0)
     run.last_seen_at = now
-    if run.status is RunStatus.CRASHED:  # it was only quiet: it is alive
+    revived = run.status is RunStatus.CRASHED
+    if revived:  # it was only quiet: it is alive
         run.status = RunStatus.RUNNING
     await session.commit()
+    if hub is not None and stored:
+        if len(points) > POINTS_PER_EVENT:
+            hub.publish(run.project, Update(run.id, run.user, run.shared, "reload", {}))
+        else:
+            data = {"points": [[p.key, p.step, p.value] for p in points]}
+            hub.publish(run.project, Update(run.id, run.user, run.shared, "points", data))
+    if revived:
+        _announce(hub, run, await _read(session, run))
     return IngestResult(received=len(points), stored=stored)
 
 
-async def update_run(session: AsyncSession, run: Run, data: RunUpdate) -> RunRead:
+async def update_run(
+    session: AsyncSession, run: Run, data: RunUpdate, hub: LiveHub | None = None
+) -> RunRead:
     if data.status is not None:
         run.status = data.status
         run.ended_at = None if data.status is RunStatus.RUNNING else datetime.now(UTC)
@@ -131,9 +151,24 @@ async def update_run(session: AsyncSession, run: Run, data: RunUpdate) -> RunRea
         run.shared = data.shared
     if data.tags is not None:
         run.tags = data.tags
+    was_shared = run.shared
     run.last_seen_at = datetime.now(UTC)
     await session.commit()
-    return await _read(session, run)
+    read = await _read(session, run)
+    _announce(hub, run, read, shared=was_shared or run.shared)
+    return read
+
+
+def _announce(hub: LiveHub | None, run: Run, read: RunRead, *, shared: bool | None = None) -> None:
+    if hub is not None:
+        update = Update(
+            run.id,
+            run.user,
+            run.shared if shared is None else shared,
+            "run",
+            read.model_dump(mode="json"),
+        )
+        hub.publish(run.project, update)
 
 
 async def list_runs(
