@@ -49,6 +49,7 @@ bench: $(STAMP) ## benchmarks (results go to bench/RESULTS.md by hand, with the 
 	$(BIN)/python bench/model_server.py
 	$(BIN)/python bench/filestore.py
 	$(BIN)/python bench/gateway.py   # needs nginx and wrk: apt-get install nginx-light wrk
+	$(BIN)/python bench/tracking.py  # makes bench/out/mlflow-venv with mlflow the first time
 
 up: ## the full stack with docker compose
 	docker compose -f deploy/docker-compose.yml up -d

@@ -48,9 +48,23 @@ async def list_runs(
     param: Annotated[
         list[str], Query(description="key:value, repeatable: runs with these parameters")
     ] = [],  # noqa: B006 - FastAPI copies query defaults
+    metric: Annotated[
+        list[str],
+        Query(description="key>value (or >=, <, <=), repeatable: on each metric's last value"),
+    ] = [],  # noqa: B006 - FastAPI copies query defaults
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunRead]:
     access = await access_to(request, project, "read")
+    bounds = []
+    for index, item in enumerate(metric):
+        found = service.METRIC_FILTER.match(item)
+        if found is None:
+            raise InvalidInput(f"metric[{index}]", f"{item!r} is not key>value (>=, <, <=)")
+        try:
+            bound = float(found["bound"])
+        except ValueError:
+            raise InvalidInput(f"metric[{index}]", f"{found['bound']!r} is not a number") from None
+        bounds.append((found["key"], found["op"], bound))
     wanted = {}
     for index, item in enumerate(param):
         key, colon, value = item.partition(":")
@@ -64,6 +78,7 @@ async def list_runs(
         experiment=experiment,
         status=run_status,
         params=wanted,
+        metrics=bounds,
         limit=limit,
     )
 

@@ -7,13 +7,16 @@ batch sent again) stores each point once.
 """
 
 import json
-from collections.abc import Sequence
+import operator
+import re
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import and_, func, or_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -33,7 +36,16 @@ from services.metrics.runs.models import (
     Series,
 )
 
-_INSERT_CHUNK = 5_000  # rows per INSERT: under SQLite's limit of bound variables
+_INSERT_CHUNK = 5_000
+_COMPARE: dict[str, Callable[[Any, float], Any]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+METRIC_FILTER = re.compile(
+    r"^(?P<key>.+?)(?P<op>>=|<=|>|<)(?P<bound>[-+0-9.eE]+)$"
+)  # rows per INSERT: under SQLite's limit of bound variables
 
 
 async def create_run(
@@ -179,6 +191,7 @@ async def list_runs(
     experiment: str | None = None,
     status: RunStatus | None = None,
     params: dict[str, str] | None = None,
+    metrics: list[tuple[str, str, float]] | None = None,
     limit: int = 100,
 ) -> list[RunRead]:
     query = select(Run).where(Run.project == project, or_(col(Run.user) == user, col(Run.shared)))
@@ -193,6 +206,23 @@ async def list_runs(
                 RunParam.run_id == Run.id,
                 RunParam.key == key,
                 or_(col(RunParam.value) == value, col(RunParam.value) == json.dumps(value)),
+            )
+            .exists()
+        )
+    for key, comparison, bound in metrics or []:
+        later = aliased(MetricPoint)
+        last_step = (
+            select(func.max(later.step))
+            .where(later.run_id == Run.id, later.key == key)
+            .scalar_subquery()
+        )
+        query = query.where(
+            select(MetricPoint.run_id)
+            .where(
+                col(MetricPoint.run_id) == Run.id,
+                col(MetricPoint.key) == key,
+                col(MetricPoint.step) == last_step,
+                _COMPARE[comparison](col(MetricPoint.value), bound),
             )
             .exists()
         )

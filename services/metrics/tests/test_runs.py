@@ -2,6 +2,8 @@
 series thinned for long runs, comparisons marking what differs, each user's runs their own,
 and bad input answered clearly."""
 
+import asyncio
+import json
 import math
 from typing import Any
 from uuid import uuid4
@@ -77,6 +79,16 @@ async def test_filters_and_a_comparison_marking_changed_parameters(tracker: Trac
     both = (await tracker.ada.get(RUNS, params={"param": ["lr:0.1", "layers:4"]})).json()
     assert [r["name"] for r in both] == ["deeper"]
 
+    for run, acc in ((first, 0.8), (second, 0.95), (third, 0.9)):
+        points = [{"key": "acc", "step": 0, "value": 0.1}, {"key": "acc", "step": 1, "value": acc}]
+        await tracker.ada.post(f"{RUNS}/{run['id']}/metrics", json={"points": points})
+    good = (await tracker.ada.get(RUNS, params={"metric": "acc>=0.9"})).json()
+    assert {r["name"] for r in good} == {"lr-large", "deeper"}  # the last value counts
+    best = (await tracker.ada.get(RUNS, params={"metric": ["acc>0.9", "acc<1"]})).json()
+    assert [r["name"] for r in best] == ["lr-large"]
+    bad_filter = await tracker.ada.get(RUNS, params={"metric": "acc~0.9"})
+    assert bad_filter.status_code == 422
+
     ids = [first["id"], second["id"], third["id"]]
     compared = (await tracker.ada.get(f"{RUNS}/compare", params={"run": ids})).json()
     assert compared["differing"] == ["dropout", "layers", "lr"]
@@ -88,6 +100,17 @@ async def test_filters_and_a_comparison_marking_changed_parameters(tracker: Trac
 async def test_each_user_sees_only_their_own_runs_unless_shared(tracker: Tracker) -> None:
     mine = await start(tracker.ada, "ada's")
     theirs = await start(tracker.grace, "grace's")
+
+    async def train(client: httpx.AsyncClient, run: dict[str, Any]) -> None:
+        for epoch in range(20):  # both users at once, batch after batch
+            batch = [{"key": "loss", "step": epoch, "value": 1 / (epoch + 1)}]
+            answer = await client.post(f"{RUNS}/{run['id']}/metrics", json={"points": batch})
+            assert answer.json()["stored"] == 1
+
+    await asyncio.gather(train(tracker.ada, mine), train(tracker.grace, theirs))
+    for client, run in ((tracker.ada, mine), (tracker.grace, theirs)):
+        series = (await client.get(f"{RUNS}/{run['id']}/metrics/loss")).json()
+        assert series["steps"] == list(range(20))
     assert [r["name"] for r in (await tracker.ada.get(RUNS)).json()] == ["ada's"]
     assert [r["name"] for r in (await tracker.grace.get(RUNS)).json()] == ["grace's"]
     assert (await tracker.grace.get(f"{RUNS}/{mine['id']}")).status_code == 404
@@ -135,6 +158,12 @@ async def test_bad_input_gets_a_clear_answer_and_changes_nothing(tracker: Tracke
     too_many = await tracker.ada.post(url, json=many)
     assert too_many.status_code == 413
     assert "at most 100000 points" in too_many.json()["detail"]
+    million = json.dumps({"points": [{"key": "l", "step": s, "value": 0.5} for s in range(10**6)]})
+    huge = await tracker.ada.post(
+        url, content=million, headers={"content-type": "application/json"}
+    )
+    assert huge.status_code == 413  # refused by its size before it is read
+    assert huge.headers["content-type"] == "application/problem+json"
 
     sql = "'; DROP TABLE run; --"
     odd = await start(tracker.ada, sql, **{sql: sql})
