@@ -60,13 +60,16 @@ class RemoteStore:
 
     def points(self, project: str, run_id: str, points: list[Point]) -> None:
         for start in range(0, len(points), _POINTS_PER_REQUEST):
-            chunk = points[start : start + _POINTS_PER_REQUEST]
-            body = {
-                "points": [
-                    {"key": k, "step": s, "value": v, "time": _iso(t)} for k, s, v, t in chunk
-                ]
-            }
-            self._call("POST", f"/v1/projects/{project}/runs/{run_id}/metrics", json=body)
+            series: dict[str, dict[str, list[Any]]] = {}
+            for key, step, value, at in points[start : start + _POINTS_PER_REQUEST]:
+                columns = series.get(key)
+                if columns is None:
+                    columns = series[key] = {"steps": [], "values": [], "times": []}
+                columns["steps"].append(step)
+                columns["values"].append(value)
+                columns["times"].append(at)
+            path = f"/v1/projects/{project}/runs/{run_id}/metrics"
+            self._call("POST", path, json={"series": series})
 
     def finish(self, project: str, run_id: str, status: str) -> None:
         self._call("PATCH", f"/v1/projects/{project}/runs/{run_id}", json={"status": status})
@@ -195,10 +198,6 @@ class LocalStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
-
-
-def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat()
 
 
 def _record(run: dict[str, Any]) -> RunRecord:

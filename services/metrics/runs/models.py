@@ -2,11 +2,11 @@
 
 import enum
 import math
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, StringConstraints, field_validator, model_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Text
 from sqlmodel import Field, SQLModel
@@ -104,8 +104,48 @@ class Point(BaseModel):
     time: datetime | None = None
 
 
+MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=KEY_PATTERN)]
+Step = Annotated[int, PydanticField(ge=0, le=2**62)]
+Finite = Annotated[float, PydanticField(allow_inf_nan=False)]
+
+
+class Columns(BaseModel):
+    """One metric's points as columns: the compact form (what the tracker sends)."""
+
+    steps: list[Step]
+    values: list[Finite]
+    times: list[float] | None = PydanticField(default=None, description="unix seconds")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Self:
+        if len(self.values) != len(self.steps) or (
+            self.times is not None and len(self.times) != len(self.steps)
+        ):
+            raise ValueError("steps, values and times must have the same length")
+        return self
+
+
 class PointBatch(BaseModel):
-    points: list[Point]
+    points: list[Point] = PydanticField(default_factory=list)
+    series: dict[MetricKey, Columns] = PydanticField(
+        default_factory=dict, description="metric -> columns; the same points, compactly"
+    )
+
+    def count(self) -> int:
+        return len(self.points) + sum(len(c.steps) for c in self.series.values())
+
+    def rows(self, now: datetime) -> list[tuple[str, int, float, datetime]]:
+        rows = [(p.key, p.step, p.value, p.time or now) for p in self.points]
+        for key, columns in self.series.items():
+            times = (
+                [datetime.fromtimestamp(t, UTC) for t in columns.times]
+                if columns.times is not None
+                else [now] * len(columns.steps)
+            )
+            rows.extend(
+                zip([key] * len(columns.steps), columns.steps, columns.values, times, strict=True)
+            )
+        return rows
 
 
 class IngestResult(BaseModel):

@@ -172,7 +172,7 @@ async def log_metrics(
     access = await access_to(request, project, "write")
     run = await service.own_run(session, project, access.user, run_id)
     limit = request.app.state.settings.max_points_per_call
-    return await service.ingest(session, run, batch.points, limit, request.app.state.live)
+    return await service.ingest(session, run, batch, limit, request.app.state.live)
 
 
 @router.get("/{run_id}/metrics/{key:path}")

@@ -57,6 +57,30 @@ async def test_a_run_logs_params_and_metrics_and_reads_them_back(tracker: Tracke
     assert math.isclose(body["latest"]["loss"], 0.2)
 
 
+async def test_the_compact_form_carries_the_same_points(tracker: Tracker) -> None:
+    run = await start(tracker.ada, "columns")
+    url = f"{RUNS}/{run['id']}/metrics"
+    body = {
+        "series": {
+            "loss": {"steps": [0, 1, 2], "values": [1.0, 0.5, 0.25], "times": [1e9, 1e9, 1e9]},
+            "acc": {"steps": [0, 1], "values": [0.5, 0.75]},
+        },
+        "points": [{"key": "acc", "step": 1, "value": 0.75}],  # the same point twice
+    }
+    assert (await tracker.ada.post(url, json=body)).json() == {"received": 6, "stored": 5}
+    back = (await tracker.ada.get(f"{RUNS}/{run['id']}")).json()
+    assert back["latest"] == {"loss": 0.25, "acc": 0.75}
+    uneven = {"series": {"loss": {"steps": [3, 4], "values": [1.0]}}}
+    assert (await tracker.ada.post(url, json=uneven)).status_code == 422
+    not_finite = await tracker.ada.post(
+        url,
+        content='{"series": {"loss": {"steps": [5], "values": [NaN]}}}',
+        headers={"content-type": "application/json"},
+    )
+    assert not_finite.status_code == 422
+    assert not_finite.json()["errors"][0]["field"] == "series.loss.values.0"
+
+
 async def test_long_series_are_thinned_keeping_both_ends(tracker: Tracker) -> None:
     run = await start(tracker.ada, "long")
     points = [{"key": "loss", "step": s, "value": float(s)} for s in range(10_001)]
