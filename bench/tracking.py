@@ -107,7 +107,7 @@ def main() -> None:
         for name in names.values():
             database("create", name)
         env["METRICS_DATABASE_URL"] = f"postgresql+asyncpg://{server}/{names['ours']}"
-        mlflow_store = f"postgresql://{server}/{names['mlflow']}"
+        mlflow_store = f"postgresql+psycopg2://{server}/{names['mlflow']}"
     else:
         mlflow_store = f"sqlite:///{work / 'mlflow.db'}"
     platform = subprocess.Popen(

@@ -76,3 +76,16 @@ def test_runs_are_listed_per_project_and_experiment() -> None:
         ).finish()
     assert [r.name for r in modelcloud.tracking.runs("a")] == ["a-x", "a-y"]
     assert [r.name for r in modelcloud.tracking.runs("a", experiment="y")] == ["a-y"]
+
+
+def test_finish_while_the_sender_is_busy_loses_nothing() -> None:
+    for attempt in range(3):  # finish() lands at a different moment of the sender's cycle
+        run = modelcloud.tracking.start("load", f"many-{attempt}")
+        for step in range(20_000):
+            run.log(step=step, loss=1.0, acc=0.5, precision=0.25, f1=0.125)
+        run.finish()
+    for found in modelcloud.tracking.runs("load"):
+        assert found.status == "finished"
+        assert {key: len(points) for key, points in found.metrics.items()} == dict.fromkeys(
+            ("acc", "f1", "loss", "precision"), 20_000
+        )

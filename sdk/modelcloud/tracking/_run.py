@@ -130,11 +130,9 @@ class Run:
         """Send what is left and mark the run ``status`` (finished, failed or crashed)."""
         if self._stopping:
             return
-        self._stopping = True
         self.status = status
+        self._stopping = True  # the sender thread takes what is left, then the finish
         _active.discard(self)
-        self._ops_from_buffer()
-        self._ops.append(("finish", status))
         self._wake.set()
         self._thread.join()
         left = sorted(self._spool.glob(f"{self.id}-*.json")) if self._spool.is_dir() else []
@@ -162,16 +160,23 @@ class Run:
     # ---------------------------------------------------------------- the sender thread
 
     def _loop(self) -> None:
+        """The only reader of the buffer and the outbox."""
         first = True
         while True:
             self._wake.wait(self._flush_s)
             self._wake.clear()
             stopping = self._stopping
-            self._ops_from_buffer()
-            if first:  # what earlier runs left behind, when the store is reachable again
-                _drain_spool(self._store, self._spool, skip=self.id)
-                first = False
-            self._send()
+            try:
+                self._ops_from_buffer()
+                if stopping:
+                    self._ops.append(("finish", self.status))
+                if first:  # what earlier runs left behind, once the store answers again
+                    _drain_spool(self._store, self._spool, skip=self.id)
+                    first = False
+                self._send()
+            except Exception:  # never a silent death of the sender: what it holds waits
+                log.exception("run %s: sending failed; keeping the rest on disk", self.name)
+                self._spool_ops()
             if stopping:
                 return
 

@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from sqlalchemy import and_, func, or_
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -156,16 +155,15 @@ async def _insert_points(
             [(run_key, key, step, value, moment(at)) for key, step, value, at in rows],
         )
         return max(result.rowcount, 0)
-    # PostgreSQL: SQLAlchemy batches the rows ("insertmanyvalues") from one compilation;
-    # RETURNING names the rows that were new.
-    statement = (
-        postgresql.insert(MetricPoint).on_conflict_do_nothing().returning(col(MetricPoint.step))
+    # PostgreSQL: one statement over arrays (unnest), whatever the number of rows.
+    keys, steps, values, times = (list(column) for column in zip(*rows, strict=True))
+    result = await connection.exec_driver_sql(
+        "INSERT INTO metric_point (run_id, key, step, value, logged_at) "
+        "SELECT $1::uuid, * FROM unnest($2::text[], $3::bigint[], $4::float8[], "
+        "$5::timestamptz[]) ON CONFLICT DO NOTHING",
+        (run_id, keys, steps, values, times),
     )
-    parameters = [
-        {"run_id": run_id, "key": key, "step": step, "value": value, "logged_at": at}
-        for key, step, value, at in rows
-    ]
-    return len((await connection.execute(statement, parameters)).all())
+    return max(result.rowcount, 0)
 
 
 def _to_driver(column: Any, dialect: Dialect) -> Callable[[Any], Any]:
