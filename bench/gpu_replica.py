@@ -19,8 +19,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import httpx
-from PIL import Image
-from skimage import data
 from sqlmodel import SQLModel, select
 
 from modelcloud_proto.specs import Device
@@ -116,6 +114,9 @@ async def main() -> None:
         relay=None,
         logs=root / "logs",
     )
+    from PIL import Image
+    from skimage import data
+
     photo = io.BytesIO()
     Image.fromarray(data.chelsea()).save(photo, format="JPEG", quality=90)
     body = {"photo": base64.b64encode(photo.getvalue()).decode()}
