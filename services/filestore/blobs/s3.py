@@ -40,7 +40,7 @@ _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 
 _COPY_MAX = 5 << 30  # the most one CopyObject request takes
 _MIN_PART = 8 << 20
 _MAX_PARTS = 10_000
-_PARTS_IN_FLIGHT = 8
+_PARTS_IN_FLIGHT = 6
 STAGING_PREFIX = "incoming/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 

@@ -139,7 +139,7 @@ async def live_updates(project: Name, request: Request) -> StreamingResponse:
 async def get_run(project: Name, run_id: UUID, request: Request, session: SessionDep) -> RunRead:
     access = await access_to(request, project, "read")
     run = await service.visible_run(session, project, access.user, run_id)
-    return await service._read(session, run)
+    return await service.read_run(session, run)
 
 
 @router.patch("/{run_id}")

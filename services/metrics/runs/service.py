@@ -55,7 +55,7 @@ async def create_run(
     if existing is not None:
         if existing.user != user or existing.project != project:
             raise Conflict(f"run id {run_id} is taken")
-        return await _read(session, existing)  # a retried create
+        return await read_run(session, existing)  # a retried create
     now = datetime.now(UTC)
     run = Run(
         id=run_id,
@@ -76,7 +76,7 @@ async def create_run(
     for key, value in data.params.items():
         session.add(RunParam(run_id=run_id, key=key, value=json.dumps(value)))
     await session.commit()
-    read = await _read(session, run)
+    read = await read_run(session, run)
     _announce(hub, run, read)
     return read
 
@@ -104,7 +104,7 @@ async def log_params(session: AsyncSession, run: Run, params: dict[str, Any]) ->
             found.value = json.dumps(value)
     run.last_seen_at = datetime.now(UTC)
     await session.commit()
-    return await _read(session, run)
+    return await read_run(session, run)
 
 
 async def ingest(
@@ -132,7 +132,7 @@ async def ingest(
             data = {"points": [[key, step, value] for key, step, value, _ in rows]}
             hub.publish(run.project, Update(run.id, run.user, run.shared, "points", data))
     if revived:
-        _announce(hub, run, await _read(session, run))
+        _announce(hub, run, await read_run(session, run))
     return IngestResult(received=received, stored=stored)
 
 
@@ -188,7 +188,7 @@ async def update_run(
     was_shared = run.shared
     run.last_seen_at = datetime.now(UTC)
     await session.commit()
-    read = await _read(session, run)
+    read = await read_run(session, run)
     _announce(hub, run, read, shared=was_shared or run.shared)
     return read
 
@@ -249,7 +249,7 @@ async def list_runs(
             .exists()
         )
     runs = (await session.exec(query.order_by(col(Run.started_at).desc()).limit(limit))).all()
-    return [await _read(session, run) for run in runs]
+    return [await read_run(session, run) for run in runs]
 
 
 async def series(session: AsyncSession, run: Run, key: str, max_points: int) -> Series:
@@ -288,7 +288,7 @@ async def series(session: AsyncSession, run: Run, key: str, max_points: int) -> 
 async def compare(
     session: AsyncSession, project: str, user: str, run_ids: Sequence[UUID]
 ) -> Comparison:
-    runs = [await _read(session, await visible_run(session, project, user, i)) for i in run_ids]
+    runs = [await read_run(session, await visible_run(session, project, user, i)) for i in run_ids]
     keys = sorted({key for run in runs for key in run.params})
     params = {
         key: {str(run.id): run.params[key] for run in runs if key in run.params} for key in keys
@@ -319,7 +319,7 @@ async def mark_quiet_runs_crashed(session: AsyncSession, quiet_for_s: float) -> 
     return len(quiet)
 
 
-async def _read(session: AsyncSession, run: Run) -> RunRead:
+async def read_run(session: AsyncSession, run: Run) -> RunRead:
     params = (await session.exec(select(RunParam).where(RunParam.run_id == run.id))).all()
     last = (
         select(MetricPoint.key, func.max(MetricPoint.step).label("step"))

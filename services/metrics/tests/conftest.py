@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.common.events.local import LocalBus
 from services.metrics.main import create_app
@@ -21,6 +22,7 @@ class Tracker:
     ada: httpx.AsyncClient
     grace: httpx.AsyncClient
     settings: MetricsSettings
+    app: FastAPI
 
 
 async def tracker_on(tmp_path: Path, **settings: object) -> AsyncIterator[Tracker]:
@@ -51,7 +53,7 @@ async def tracker_on(tmp_path: Path, **settings: object) -> AsyncIterator[Tracke
                 client("ada") as ada,
                 client("grace") as grace,
             ):
-                yield Tracker(reg, ada, grace, metrics_settings)
+                yield Tracker(reg, ada, grace, metrics_settings, app)
     finally:
         await bus.close()
 

@@ -208,8 +208,7 @@ async def test_bad_input_gets_a_clear_answer_and_changes_nothing(tracker: Tracke
 
 async def test_runs_that_fall_silent_are_marked_crashed(tracker: Tracker) -> None:
     run = await start(tracker.ada, "killed")
-    app_sessions = tracker.ada._transport.app.state.sessions  # type: ignore[attr-defined]
-    async with app_sessions() as session:
+    async with tracker.app.state.sessions() as session:
         assert await mark_quiet_runs_crashed(session, quiet_for_s=3600) == 0
         assert await mark_quiet_runs_crashed(session, quiet_for_s=0) == 1
     crashed = (await tracker.ada.get(f"{RUNS}/{run['id']}")).json()
