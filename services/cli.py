@@ -111,6 +111,9 @@ def up(
         typer.echo(f"ModelCloud is up at {platform.url}")
         typer.echo(f"  admin token: {platform.admin_token_file} (the modelcloud CLI uses it)")
         typer.echo(f"  data: {platform.data_dir}")
+        typer.echo(
+            f"  training runs: {platform.url}/v1/projects/<project>/runs/dashboard#token=<token>"
+        )
         typer.echo("Ctrl-C stops it.")
 
     folder = data_dir or Path.home() / ".modelcloud" / "platform"

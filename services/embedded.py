@@ -1,6 +1,6 @@
-"""The embedded default, ``modelcloud up``: the gateway, registry, builder and file store in
-one process on this machine, with SQLite, one in-process event bus, the local-directory
-file store and the venv runtime, all under one data folder.
+"""The embedded default, ``modelcloud up``: the gateway, registry, builder, file store and
+metrics service in one process on this machine, with SQLite, one in-process event bus, the
+local-directory file store and the venv runtime, all under one data folder.
 
 First start: an admin user and a platform user are created (no default password); their
 tokens are written to ``admin.token`` and ``platform.token`` (mode 0600) in the data
