@@ -15,7 +15,8 @@ def test_public_surface_is_complete():
         for name, value in vars(modelcloud).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
-    assert set(modelcloud.__all__) - {"data_types", "exceptions"} == public | {"__version__"}
+    modules = {"data_types", "exceptions", "tracking"}
+    assert set(modelcloud.__all__) - modules == public | {"__version__"}
     for name in modelcloud.data_types.__all__:
         assert hasattr(modelcloud.data_types, name)
 
