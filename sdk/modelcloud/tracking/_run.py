@@ -185,11 +185,18 @@ class Run:
         buffer = self._buffer
         for _ in range(len(buffer)):
             key, step, value, at = buffer.popleft()
-            number = float(value)
+            try:
+                number = float(value)  # numpy and torch scalars too
+            except (TypeError, ValueError):
+                number = math.nan
             if not math.isfinite(number):
                 if not self._warned_nonfinite:
                     log.warning(
-                        "run %s: %s is %s at step %d; not stored", self.name, key, number, step
+                        "run %s: %s is %r at step %d; only finite numbers are stored",
+                        self.name,
+                        key,
+                        value,
+                        step,
                     )
                     self._warned_nonfinite = True
                 continue
