@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, Problem
+from services.common.docs import docs_router
 from services.common.heap import settle_after_startup
 from services.common.problems import PayloadTooLarge, install_problem_handlers, problem_response
 
@@ -62,12 +63,15 @@ def create_service_app(
         description=description,
         lifespan=started,
         responses=PROBLEM_RESPONSES,
+        docs_url=None,  # ours, with Swagger UI served from here (services/common/docs.py)
+        redoc_url=None,
     )
     app.state.readiness_checks = {}
     install_problem_handlers(app)
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
     app.include_router(_observability_router(registry))
+    app.include_router(docs_router(app))
     app.add_middleware(
         RequestContext, service=service, registry=registry, max_bytes=max_request_bytes
     )

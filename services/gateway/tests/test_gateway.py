@@ -118,6 +118,11 @@ async def test_versions_side_by_side_offline_and_a_restarted_gateway(platform: P
         docs = await gateway.get("/docs")
         assert docs.status_code == 200
         assert "/openapi.json" in docs.text
+        assert "cdn" not in docs.text.lower()  # Swagger UI from here: works offline
+        bundle = await gateway.get("/docs/assets/swagger-ui-bundle.js")
+        assert bundle.status_code == 200
+        assert bundle.headers["content-type"].startswith("text/javascript")
+        assert (await gateway.get("/docs/assets/..%2fdocs.py")).status_code == 404
 
         projects = await gateway.get("/v1/projects")  # the registry, through the front door
         assert [p["name"] for p in projects.json()] == ["vision"]
