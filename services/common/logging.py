@@ -63,3 +63,6 @@ def configure_logging(
     structlog.contextvars.bind_contextvars(service=service)
     # uvicorn's access log would print query strings and duplicate ours.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it makes at info (health checks every few seconds, token
+    # checks): the services log their own requests, with ids, already.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
