@@ -63,7 +63,7 @@ async def call_latest(request: Request) -> Response:
 
 # Plain Starlette routes: a model call is the gateway's hot path, and FastAPI's dependency
 # and validation layers would cost more per call than the forwarding itself (no parameter
-# needs them). They stay out of the OpenAPI document, which describes the platform's APIs;
+# needs them). The platform's document describes them by hand (services/gateway/openapi.py);
 # each model's own document is at ``.../openapi.json``.
 routes = [
     routing.Route(
