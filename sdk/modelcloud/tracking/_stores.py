@@ -8,6 +8,7 @@ sent again.
 import json
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,23 +54,24 @@ class RemoteStore:
     def __init__(self, url: str, token: str | None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=30)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="tracking-send")
 
     def create(self, run: dict[str, Any]) -> None:
         body = {k: v for k, v in run.items() if k not in ("project", "user")}
         self._call("POST", f"/v1/projects/{run['project']}/runs", json=body)
 
     def points(self, project: str, run_id: str, points: list[Point]) -> None:
-        for start in range(0, len(points), _POINTS_PER_REQUEST):
-            series: dict[str, dict[str, list[Any]]] = {}
-            for key, step, value, at in points[start : start + _POINTS_PER_REQUEST]:
-                columns = series.get(key)
-                if columns is None:
-                    columns = series[key] = {"steps": [], "values": [], "times": []}
-                columns["steps"].append(step)
-                columns["values"].append(value)
-                columns["times"].append(at)
-            path = f"/v1/projects/{project}/runs/{run_id}/metrics"
-            self._call("POST", path, json={"series": series})
+        path = f"/v1/projects/{project}/runs/{run_id}/metrics"
+        bodies = (
+            _columns(points[start : start + _POINTS_PER_REQUEST])
+            for start in range(0, len(points), _POINTS_PER_REQUEST)
+        )
+        # Two requests in flight: one is stored while the next is encoded and sent. Their
+        # order does not matter (a point is keyed by its step); if one fails, the whole
+        # batch is sent again later and what arrived is not stored twice.
+        sent = [self._pool.submit(self._call, "POST", path, json=body) for body in bodies]
+        for future in sent:
+            future.result()
 
     def finish(self, project: str, run_id: str, status: str) -> None:
         self._call("PATCH", f"/v1/projects/{project}/runs/{run_id}", json={"status": status})
@@ -90,6 +92,7 @@ class RemoteStore:
         return found
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -198,6 +201,19 @@ class LocalStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+
+def _columns(points: list[Point]) -> dict[str, Any]:
+    """The compact body: each metric's steps, values and times as columns."""
+    series: dict[str, dict[str, list[Any]]] = {}
+    for key, step, value, at in points:
+        columns = series.get(key)
+        if columns is None:
+            columns = series[key] = {"steps": [], "values": [], "times": []}
+        columns["steps"].append(step)
+        columns["values"].append(value)
+        columns["times"].append(at)
+    return {"series": series}
 
 
 def _record(run: dict[str, Any]) -> RunRecord:

@@ -2,7 +2,8 @@
 
 import enum
 import math
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Self
 from uuid import UUID, uuid4
 
@@ -134,18 +135,32 @@ class PointBatch(BaseModel):
     def count(self) -> int:
         return len(self.points) + sum(len(c.steps) for c in self.series.values())
 
-    def rows(self, now: datetime) -> list[tuple[str, int, float, datetime]]:
-        rows = [(p.key, p.step, p.value, p.time or now) for p in self.points]
+    def columns(self, now: float) -> "PointColumns":
+        """Every point as four columns: metric, step, value, unix time."""
+        out = PointColumns([], [], [], [])
+        for p in self.points:
+            out.keys.append(p.key)
+            out.steps.append(p.step)
+            out.values.append(p.value)
+            out.times.append(p.time.timestamp() if p.time else now)
         for key, columns in self.series.items():
-            times = (
-                [datetime.fromtimestamp(t, UTC) for t in columns.times]
-                if columns.times is not None
-                else [now] * len(columns.steps)
-            )
-            rows.extend(
-                zip([key] * len(columns.steps), columns.steps, columns.values, times, strict=True)
-            )
-        return rows
+            count = len(columns.steps)
+            out.keys.extend([key] * count)
+            out.steps.extend(columns.steps)
+            out.values.extend(columns.values)
+            out.times.extend(columns.times if columns.times is not None else [now] * count)
+        return out
+
+
+@dataclass
+class PointColumns:
+    keys: list[str]
+    steps: list[int]
+    values: list[float]
+    times: list[float]
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class IngestResult(BaseModel):

@@ -27,6 +27,7 @@ from services.metrics.runs.models import (
     IngestResult,
     MetricPoint,
     PointBatch,
+    PointColumns,
     Run,
     RunCreate,
     RunParam,
@@ -118,8 +119,8 @@ async def ingest(
     if received > max_points:
         raise PayloadTooLarge(f"at most {max_points} points per request; send them in batches")
     now = datetime.now(UTC)
-    rows = batch.rows(now)
-    stored = await _insert_points(session, run.id, rows) if rows else 0
+    columns = batch.columns(now.timestamp())
+    stored = await _insert_points(session, run.id, columns) if len(columns) else 0
     run.last_seen_at = now
     revived = run.status is RunStatus.CRASHED
     if revived:  # it was only quiet: it is alive
@@ -129,16 +130,15 @@ async def ingest(
         if received > POINTS_PER_EVENT:
             hub.publish(run.project, Update(run.id, run.user, run.shared, "reload", {}))
         else:
-            data = {"points": [[key, step, value] for key, step, value, _ in rows]}
+            points = zip(columns.keys, columns.steps, columns.values, strict=True)
+            data = {"points": [list(point) for point in points]}
             hub.publish(run.project, Update(run.id, run.user, run.shared, "points", data))
     if revived:
         _announce(hub, run, await read_run(session, run))
     return IngestResult(received=received, stored=stored)
 
 
-async def _insert_points(
-    session: AsyncSession, run_id: UUID, rows: list[tuple[str, int, float, datetime]]
-) -> int:
+async def _insert_points(session: AsyncSession, run_id: UUID, columns: PointColumns) -> int:
     """Insert what is new; returns how many were. Points already stored are left alone."""
     connection = await session.connection()
     dialect = connection.dialect
@@ -146,22 +146,27 @@ async def _insert_points(
         # The driver's own executemany (one prepared statement, the loop in C) is several
         # times faster than building the rows into statements; its rowcount counts the
         # rows inserted, which "on conflict do nothing" leaves out.
-        columns = MetricPoint.__table__.c  # type: ignore[attr-defined]
-        run_key = _to_driver(columns.run_id, dialect)(run_id)
-        moment = _to_driver(columns.logged_at, dialect)
+        table = MetricPoint.__table__.c  # type: ignore[attr-defined]
+        run_key = _to_driver(table.run_id, dialect)(run_id)
+        moment = _to_driver(table.logged_at, dialect)
+        rows = [
+            (run_key, key, step, value, moment(datetime.fromtimestamp(at, UTC)))
+            for key, step, value, at in zip(
+                columns.keys, columns.steps, columns.values, columns.times, strict=True
+            )
+        ]
         result = await connection.exec_driver_sql(
             "INSERT INTO metric_point (run_id, key, step, value, logged_at) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [(run_key, key, step, value, moment(at)) for key, step, value, at in rows],
+            rows,
         )
         return max(result.rowcount, 0)
-    # PostgreSQL: one statement over arrays (unnest), whatever the number of rows.
-    keys, steps, values, times = (list(column) for column in zip(*rows, strict=True))
+    # PostgreSQL: one statement over the columns as arrays, whatever the number of points.
     result = await connection.exec_driver_sql(
         "INSERT INTO metric_point (run_id, key, step, value, logged_at) "
-        "SELECT $1::uuid, * FROM unnest($2::text[], $3::bigint[], $4::float8[], "
-        "$5::timestamptz[]) ON CONFLICT DO NOTHING",
-        (run_id, keys, steps, values, times),
+        "SELECT $1::uuid, k, s, v, to_timestamp(t) FROM unnest($2::text[], $3::bigint[], "
+        "$4::float8[], $5::float8[]) AS u(k, s, v, t) ON CONFLICT DO NOTHING",
+        (run_id, columns.keys, columns.steps, columns.values, columns.times),
     )
     return max(result.rowcount, 0)
 
