@@ -25,7 +25,6 @@ it pushes (content addressing), which boto3 does not. The file store's peak resi
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from typing import Any
 import boto3
 import httpx
 from boto3.s3.transfer import TransferConfig
+from local_platform import free_port
 
 from modelcloud.pipe import ModelFile
 
@@ -60,12 +60,6 @@ MODES = {
         {"FILESTORE_DIRECT_UPLOADS": "false", "FILESTORE_DIRECT_DOWNLOADS": "false"},
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(args: list[str], env: dict[str, str], ready: str | None) -> subprocess.Popen[bytes]:

@@ -20,23 +20,19 @@ Needs ``nginx`` and ``wrk`` (``apt-get install nginx-light wrk``).
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from local_platform import BIN, clean_env, embedded, free_port
 
-BIN = Path(sys.executable).parent
 GREETER = """
 import modelcloud
 from modelcloud.data_types import text
@@ -83,12 +79,6 @@ wrk.headers["Content-Type"] = "application/json"
 """
 CONCURRENCY = (1, 16, 64)
 TARGETS = ("direct", "gateway", "nginx")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -148,27 +138,21 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: apt-get install nginx-light wrk")
 
     work = Path(tempfile.mkdtemp(prefix="mc-gateway-bench-"))
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MODELCLOUD_", "REGISTRY_", "GATEWAY_", "BUILDER_", "FILESTORE_"))
-    } | {"HOME": str(work), "GATEWAY_MAX_OUTSTANDING": "128"}
-    platform = subprocess.Popen(
-        [str(BIN / "modelcloud"), "up", "--data-dir", str(work / "platform"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = clean_env(work, GATEWAY_MAX_OUTSTANDING="128")
+    try:
+        with embedded(work, env) as (gateway, token):
+            runs = measure(work, env, gateway, token, args.seconds, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(runs, args.seconds, args.rounds)
+
+
+def measure(
+    work: Path, env: dict[str, str], gateway: str, token: str, seconds: int, rounds: int
+) -> dict[tuple[str, int], list[Run]]:
+    """Deploy the greeter, put nginx in front of its replica, and run wrk on every target."""
     nginx: subprocess.Popen[bytes] | None = None
     try:
-        gateway = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{gateway}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         folder = work / "greeter"
         folder.mkdir()
         (folder / "cloud_model.py").write_text(GREETER)
@@ -179,8 +163,6 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        config = json.loads((work / ".modelcloud" / "config.json").read_text())
-        token = Path(config["token_file"]).read_text().strip()
         (deployment,) = httpx.get(
             f"{gateway}/v1/projects/bench/deployments",
             headers={"Authorization": f"Bearer {token}"},
@@ -212,26 +194,26 @@ def main() -> None:
             assert answer.json() == {"message": "hello, ada"}, (url, answer.text)
 
         runs: dict[tuple[str, int], list[Run]] = {}
-        for round_no in range(args.rounds):
+        for round_no in range(rounds):
             order = TARGETS if round_no % 2 == 0 else TARGETS[::-1]
             for concurrency in CONCURRENCY:
                 for target in order:
-                    run = wrk(urls[target], concurrency, args.seconds, script, token)
+                    run = wrk(urls[target], concurrency, seconds, script, token)
                     runs.setdefault((target, concurrency), []).append(run)
     finally:
         if nginx is not None:
             nginx.terminate()
             nginx.wait(timeout=30)
-        platform.send_signal(signal.SIGINT)
-        platform.wait(timeout=60)
-        shutil.rmtree(work, ignore_errors=True)
+    return runs
 
+
+def report(runs: dict[tuple[str, int], list[Run]], seconds: int, rounds: int) -> None:
     def median(target: str, concurrency: int, field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs[(target, concurrency)])
 
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-        f"{args.seconds} s per case, median of {args.rounds} rounds\n"
+        f"{seconds} s per case, median of {rounds} rounds\n"
     )
     print(
         "| concurrency | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "

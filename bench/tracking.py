@@ -24,8 +24,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +32,11 @@ import uuid
 from pathlib import Path
 
 import httpx
+from local_platform import clean_env, embedded
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent
 MLFLOW_VENV = ROOT / "out" / "mlflow-venv"
 POSTGRES = os.environ.get("MODELCLOUD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def mlflow_python() -> Path:
@@ -95,14 +87,9 @@ def main() -> None:
     points = args.steps * 4
 
     work = Path(tempfile.mkdtemp(prefix="mc-tracking-bench-"))
-    port = free_port()
     names = {side: f"mc_bench_{side}_{uuid.uuid4().hex[:8]}" for side in ("ours", "mlflow")}
     server = POSTGRES.split("://", 1)[1]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MODELCLOUD_", "REGISTRY_", "GATEWAY_", "BUILDER_", "FILESTORE_"))
-    } | {"HOME": str(work)}
+    env = clean_env(work)
     if args.store == "postgres":
         for name in names.values():
             database("create", name)
@@ -110,68 +97,51 @@ def main() -> None:
         mlflow_store = f"postgresql+psycopg2://{server}/{names['mlflow']}"
     else:
         mlflow_store = f"sqlite:///{work / 'mlflow.db'}"
-    platform = subprocess.Popen(
-        [str(BIN / "modelcloud"), "up", "--data-dir", str(work / "platform"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        gateway = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{gateway}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        token = (work / "platform" / "admin.token").read_text().strip()
-        headers = {"Authorization": f"Bearer {token}"}
-        httpx.post(f"{gateway}/v1/projects", json={"name": "bench"}, headers=headers)
-        os.environ.update(
-            {
-                "HOME": str(work),
-                "MODELCLOUD_URL": gateway,
-                "MODELCLOUD_TOKEN": token,
-                "MODELCLOUD_TRACKING_DB": str(work / "local.db"),
-            }
-        )
-        training_loop(1000)  # warm-up: imports, connections, the token cache
-        loop_s, remote_s = training_loop(args.steps)
-
-        run = httpx.post(
-            f"{gateway}/v1/projects/bench/runs", json={"name": "api"}, headers=headers
-        ).json()
-        bodies = [
-            json.dumps(
+        with embedded(work, env) as (gateway, token):
+            headers = {"Authorization": f"Bearer {token}"}
+            httpx.post(f"{gateway}/v1/projects", json={"name": "bench"}, headers=headers)
+            os.environ.update(
                 {
-                    "points": [
-                        {"key": key, "step": step, "value": 0.5}
-                        for step in range(start, min(start + 5_000, args.steps))
-                        for key in ("loss", "acc", "precision", "f1")
-                    ]
+                    "HOME": str(work),
+                    "MODELCLOUD_URL": gateway,
+                    "MODELCLOUD_TOKEN": token,
+                    "MODELCLOUD_TRACKING_DB": str(work / "local.db"),
                 }
             )
-            for start in range(0, args.steps, 5_000)
-        ]
-        with httpx.Client(base_url=gateway, headers=headers, timeout=120) as client:
-            started = time.perf_counter()
-            for body in bodies:
-                answer = client.post(
-                    f"/v1/projects/bench/runs/{run['id']}/metrics",
-                    content=body,
-                    headers={"content-type": "application/json"},
+            training_loop(1000)  # warm-up: imports, connections, the token cache
+            loop_s, remote_s = training_loop(args.steps)
+
+            run = httpx.post(
+                f"{gateway}/v1/projects/bench/runs", json={"name": "api"}, headers=headers
+            ).json()
+            bodies = [
+                json.dumps(
+                    {
+                        "points": [
+                            {"key": key, "step": step, "value": 0.5}
+                            for step in range(start, min(start + 5_000, args.steps))
+                            for key in ("loss", "acc", "precision", "f1")
+                        ]
+                    }
                 )
-                answer.raise_for_status()
-            api_s = time.perf_counter() - started
+                for start in range(0, args.steps, 5_000)
+            ]
+            with httpx.Client(base_url=gateway, headers=headers, timeout=120) as client:
+                started = time.perf_counter()
+                for body in bodies:
+                    answer = client.post(
+                        f"/v1/projects/bench/runs/{run['id']}/metrics",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    answer.raise_for_status()
+                api_s = time.perf_counter() - started
 
-        os.environ["MODELCLOUD_TRACKING"] = "local"
-        local_loop_s, local_s = training_loop(args.steps)
-        del os.environ["MODELCLOUD_TRACKING"]
-    finally:
-        platform.send_signal(signal.SIGINT)
-        platform.wait(timeout=60)
+            os.environ["MODELCLOUD_TRACKING"] = "local"
+            local_loop_s, local_s = training_loop(args.steps)
+            del os.environ["MODELCLOUD_TRACKING"]
 
-    try:
         side = subprocess.run(
             [
                 str(mlflow_python()),

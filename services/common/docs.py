@@ -17,13 +17,13 @@ _TYPES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css
 _NO_ICON = "data:image/x-icon;base64,AA=="
 
 
-def docs_router(app: FastAPI) -> APIRouter:
+def docs_router(app: FastAPI, openapi_url: str) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     @router.get("/docs")
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
+            openapi_url=openapi_url,
             title=f"{app.title} API",
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",

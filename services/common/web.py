@@ -28,7 +28,8 @@ from services.common.heap import settle_after_startup
 from services.common.problems import PayloadTooLarge, install_problem_handlers, problem_response
 
 ReadinessCheck = Callable[[], Awaitable[None]]
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+OPENAPI_URL = "/openapi.json"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", OPENAPI_URL, "/docs"})
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {
@@ -50,7 +51,11 @@ def create_service_app(
     description: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     max_request_bytes: int,
+    serve_openapi: bool = True,
 ) -> FastAPI:
+    """``serve_openapi=False``: the app serves a document of its own at ``/openapi.json``
+    (the gateway's is the whole platform's)."""
+
     @contextlib.asynccontextmanager
     async def started(app: FastAPI) -> AsyncIterator[None]:
         async with lifespan(app):
@@ -63,6 +68,7 @@ def create_service_app(
         description=description,
         lifespan=started,
         responses=PROBLEM_RESPONSES,
+        openapi_url=OPENAPI_URL if serve_openapi else None,
         docs_url=None,  # ours, with Swagger UI served from here (services/common/docs.py)
         redoc_url=None,
     )
@@ -71,7 +77,7 @@ def create_service_app(
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
     app.include_router(_observability_router(registry))
-    app.include_router(docs_router(app))
+    app.include_router(docs_router(app, OPENAPI_URL))
     app.add_middleware(
         RequestContext, service=service, registry=registry, max_bytes=max_request_bytes
     )

@@ -18,7 +18,7 @@ from services.common.access import RegistryAccess
 from services.common.events.bus import EventBus
 from services.common.events.choice import bus_for
 from services.common.logging import configure_logging
-from services.common.web import create_service_app
+from services.common.web import OPENAPI_URL, create_service_app
 from services.gateway import probes, tables
 from services.gateway.calls import CallMetrics
 from services.gateway.calls import routes as call_routes
@@ -123,13 +123,10 @@ def create_app(
         description="The platform's front door and the versioned URLs of published models.",
         lifespan=lifespan,
         max_request_bytes=_STREAMED_LIMIT,
+        serve_openapi=False,  # the platform's document, below, with the gateway's own in it
     )
-    # The platform's document replaces the gateway's own at /openapi.json (/docs reads it).
-    app.router.routes[:] = [
-        r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url
-    ]
 
-    @app.get("/openapi.json", include_in_schema=False)
+    @app.get(OPENAPI_URL, include_in_schema=False)
     async def platform_openapi(request: Request) -> JSONResponse:
         document: PlatformDocument = request.app.state.platform_document
         return JSONResponse(await document.get(app.openapi()))

@@ -28,9 +28,11 @@ def curve_pixels(png: Path) -> int:
     return int((distance < 40).sum())
 
 
+SERIES_OF = "((metric) => window.dashboard.charts.get(metric).getOption().series)"
+
+
 def points_shown(page: object, metric: str) -> int:
-    script = f"() => window.dashboard.charts.get({metric!r}).getOption().series"
-    series = page.evaluate(script)  # type: ignore[attr-defined]
+    series = page.evaluate(f"{SERIES_OF}({metric!r})")  # type: ignore[attr-defined]
     return sum(len(s["data"]) for s in series)
 
 
@@ -89,8 +91,12 @@ def test_the_page_follows_two_runs_live(tracking_env: Embedded, tmp_path: Path) 
             assert points_shown(page, "acc") == 60  # 30 epochs of each run, none twice
             after = tmp_path / "after.png"
             page.screenshot(path=str(after), full_page=True)
+            raw = page.evaluate(f"{SERIES_OF}('loss')[0].data.map((p) => p[1])")
             page.fill("#smoothing", "0.8")
             page.dispatch_event("#smoothing", "input")
+            smoothed = page.evaluate(f"{SERIES_OF}('loss')[0].data.map((p) => p[1])")
+            assert smoothed[0] == raw[0]  # the moving average starts at the first point
+            assert smoothed[-1] != raw[-1]  # and then lags behind the curve
             browser.close()
     finally:
         errors = [training.communicate(timeout=120)[1] for training in trainings]

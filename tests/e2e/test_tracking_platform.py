@@ -102,4 +102,4 @@ def test_points_wait_on_disk_while_the_platform_is_away(
     assert interrupted.status == "finished"
     assert interrupted.metrics["loss"] == [(s, 1.0 / (s + 1)) for s in range(10)]  # each once
     assert runs["next"].metrics == {"loss": [(0, 0.5)]}
-    assert json.loads(json.dumps(interrupted.params)) == {"lr": 0.1}
+    assert interrupted.params == {"lr": 0.1}

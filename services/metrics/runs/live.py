@@ -30,7 +30,7 @@ class Update:
 @dataclass(eq=False)  # each reader is itself (kept in sets)
 class Reader:
     user: str
-    queue: asyncio.Queue[Update | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    queue: asyncio.Queue[Update] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     behind: bool = False
 
 

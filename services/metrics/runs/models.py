@@ -98,16 +98,17 @@ class RunUpdate(BaseModel):
     tags: dict[str, str] | None = PydanticField(default=None, max_length=100)
 
 
-class Point(BaseModel):
-    key: str = PydanticField(min_length=1, max_length=200, pattern=KEY_PATTERN)
-    step: int = PydanticField(ge=0, le=2**62)
-    value: float = PydanticField(allow_inf_nan=False)
-    time: datetime | None = None
-
-
 MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=KEY_PATTERN)]
 Step = Annotated[int, PydanticField(ge=0, le=2**62)]
 Finite = Annotated[float, PydanticField(allow_inf_nan=False)]
+UnixTime = Annotated[float, PydanticField(ge=0, le=253_402_300_799)]  # until the year 9999
+
+
+class Point(BaseModel):
+    key: MetricKey
+    step: Step
+    value: Finite
+    time: datetime | None = None
 
 
 class Columns(BaseModel):
@@ -115,7 +116,7 @@ class Columns(BaseModel):
 
     steps: list[Step]
     values: list[Finite]
-    times: list[float] | None = PydanticField(default=None, description="unix seconds")
+    times: list[UnixTime] | None = PydanticField(default=None, description="unix seconds")
 
     @model_validator(mode="after")
     def _same_lengths(self) -> Self:
@@ -131,9 +132,6 @@ class PointBatch(BaseModel):
     series: dict[MetricKey, Columns] = PydanticField(
         default_factory=dict, description="metric -> columns; the same points, compactly"
     )
-
-    def count(self) -> int:
-        return len(self.points) + sum(len(c.steps) for c in self.series.values())
 
     def columns(self, now: float) -> "PointColumns":
         """Every point as four columns: metric, step, value, unix time."""

@@ -121,8 +121,6 @@ async def live_updates(project: Name, request: Request) -> StreamingResponse:
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                if update is None:
-                    return
                 body = json.dumps({"run": str(update.run_id), **update.data})
                 yield f"event: {update.kind}\ndata: {body}\n\n"
         finally:

@@ -43,9 +43,7 @@ _COMPARE: dict[str, Callable[[Any, float], Any]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
-METRIC_FILTER = re.compile(
-    r"^(?P<key>.+?)(?P<op>>=|<=|>|<)(?P<bound>[-+0-9.eE]+)$"
-)  # rows per INSERT: under SQLite's limit of bound variables
+METRIC_FILTER = re.compile(r"^(?P<key>.+?)(?P<op>>=|<=|>|<)(?P<bound>[-+0-9.eE]+)$")
 
 
 async def create_run(
@@ -115,12 +113,12 @@ async def ingest(
     max_points: int,
     hub: LiveHub | None = None,
 ) -> IngestResult:
-    received = batch.count()
-    if received > max_points:
-        raise PayloadTooLarge(f"at most {max_points} points per request; send them in batches")
     now = datetime.now(UTC)
     columns = batch.columns(now.timestamp())
-    stored = await _insert_points(session, run.id, columns) if len(columns) else 0
+    received = len(columns)
+    if received > max_points:
+        raise PayloadTooLarge(f"at most {max_points} points per request; send them in batches")
+    stored = await _insert_points(session, run.id, columns) if received else 0
     run.last_seen_at = now
     revived = run.status is RunStatus.CRASHED
     if revived:  # it was only quiet: it is alive
@@ -181,6 +179,7 @@ def _to_driver(column: Any, dialect: Dialect) -> Callable[[Any], Any]:
 async def update_run(
     session: AsyncSession, run: Run, data: RunUpdate, hub: LiveHub | None = None
 ) -> RunRead:
+    was_shared = run.shared  # readers who could see it hear that it changed, even unshared
     if data.status is not None:
         run.status = data.status
         run.ended_at = None if data.status is RunStatus.RUNNING else datetime.now(UTC)
@@ -190,7 +189,6 @@ async def update_run(
         run.shared = data.shared
     if data.tags is not None:
         run.tags = data.tags
-    was_shared = run.shared
     run.last_seen_at = datetime.now(UTC)
     await session.commit()
     read = await read_run(session, run)
@@ -254,7 +252,7 @@ async def list_runs(
             .exists()
         )
     runs = (await session.exec(query.order_by(col(Run.started_at).desc()).limit(limit))).all()
-    return [await read_run(session, run) for run in runs]
+    return await read_runs(session, runs)
 
 
 async def series(session: AsyncSession, run: Run, key: str, max_points: int) -> Series:
@@ -293,7 +291,7 @@ async def series(session: AsyncSession, run: Run, key: str, max_points: int) -> 
 async def compare(
     session: AsyncSession, project: str, user: str, run_ids: Sequence[UUID]
 ) -> Comparison:
-    runs = [await read_run(session, await visible_run(session, project, user, i)) for i in run_ids]
+    runs = await read_runs(session, [await visible_run(session, project, user, i) for i in run_ids])
     keys = sorted({key for run in runs for key in run.params})
     params = {
         key: {str(run.id): run.params[key] for run in runs if key in run.params} for key in keys
@@ -325,42 +323,55 @@ async def mark_quiet_runs_crashed(session: AsyncSession, quiet_for_s: float) -> 
 
 
 async def read_run(session: AsyncSession, run: Run) -> RunRead:
-    params = (await session.exec(select(RunParam).where(RunParam.run_id == run.id))).all()
+    (read,) = await read_runs(session, [run])
+    return read
+
+
+async def read_runs(session: AsyncSession, runs: Sequence[Run]) -> list[RunRead]:
+    """The runs with their parameters and each metric's last value: two queries for all."""
+    ids = [run.id for run in runs]
+    params: dict[UUID, dict[str, Any]] = {i: {} for i in ids}
+    for param in await session.exec(select(RunParam).where(col(RunParam.run_id).in_(ids))):
+        params[param.run_id][param.key] = json.loads(param.value)
     last = (
-        select(MetricPoint.key, func.max(MetricPoint.step).label("step"))
-        .where(MetricPoint.run_id == run.id)
-        .group_by(col(MetricPoint.key))
+        select(MetricPoint.run_id, MetricPoint.key, func.max(MetricPoint.step).label("step"))
+        .where(col(MetricPoint.run_id).in_(ids))
+        .group_by(col(MetricPoint.run_id), col(MetricPoint.key))
         .subquery()
     )
-    latest = (
-        await session.exec(
-            select(MetricPoint.key, MetricPoint.value).join(
-                last,
-                and_(
-                    col(MetricPoint.run_id) == run.id,
-                    col(MetricPoint.key) == last.c.key,
-                    col(MetricPoint.step) == last.c.step,
-                ),
-            )
+    latest: dict[UUID, dict[str, float]] = {i: {} for i in ids}
+    rows = await session.exec(
+        select(MetricPoint.run_id, MetricPoint.key, MetricPoint.value).join(
+            last,
+            and_(
+                col(MetricPoint.run_id) == last.c.run_id,
+                col(MetricPoint.key) == last.c.key,
+                col(MetricPoint.step) == last.c.step,
+            ),
         )
-    ).all()
-    return RunRead(
-        id=run.id,
-        project=run.project,
-        experiment=run.experiment,
-        name=run.name,
-        user=run.user,
-        status=run.status,
-        started_at=_utc(run.started_at),
-        ended_at=_utc(run.ended_at) if run.ended_at else None,
-        tags=run.tags,
-        code_version=run.code_version,
-        model_version=run.model_version,
-        notes=run.notes,
-        shared=run.shared,
-        params={p.key: json.loads(p.value) for p in params},
-        latest={row[0]: row[1] for row in latest},
     )
+    for run_id, key, value in rows:
+        latest[run_id][key] = value
+    return [
+        RunRead(
+            id=run.id,
+            project=run.project,
+            experiment=run.experiment,
+            name=run.name,
+            user=run.user,
+            status=run.status,
+            started_at=_utc(run.started_at),
+            ended_at=_utc(run.ended_at) if run.ended_at else None,
+            tags=run.tags,
+            code_version=run.code_version,
+            model_version=run.model_version,
+            notes=run.notes,
+            shared=run.shared,
+            params=params[run.id],
+            latest=latest[run.id],
+        )
+        for run in runs
+    ]
 
 
 def _utc(moment: datetime) -> datetime:

@@ -70,6 +70,15 @@ async def test_the_compact_form_carries_the_same_points(tracker: Tracker) -> Non
     assert (await tracker.ada.post(url, json=body)).json() == {"received": 6, "stored": 5}
     back = (await tracker.ada.get(f"{RUNS}/{run['id']}")).json()
     assert back["latest"] == {"loss": 0.25, "acc": 0.75}
+    for bad_time in ("NaN", "-1", "1e300"):
+        columns = f'{{"steps": [9], "values": [1], "times": [{bad_time}]}}'
+        answer = await tracker.ada.post(
+            url,
+            content=f'{{"series": {{"loss": {columns}}}}}',
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 422, bad_time
+        assert answer.json()["errors"][0]["field"] == "series.loss.times.0"
     uneven = {"series": {"loss": {"steps": [3, 4], "values": [1.0]}}}
     assert (await tracker.ada.post(url, json=uneven)).status_code == 422
     not_finite = await tracker.ada.post(
@@ -152,6 +161,13 @@ async def test_each_user_sees_only_their_own_runs_unless_shared(tracker: Tracker
     assert shared.json()["shared"] is True
     assert {r["name"] for r in (await tracker.grace.get(RUNS)).json()} == {"ada's", "grace's"}
     assert (await tracker.grace.get(f"{RUNS}/{mine['id']}")).status_code == 200
+    reader = tracker.app.state.live.join("vision", "grace")
+    unshared = await tracker.ada.patch(f"{RUNS}/{mine['id']}", json={"shared": False})
+    assert unshared.json()["shared"] is False
+    told = reader.queue.get_nowait()  # the page of someone who could see it hears it went
+    assert (told.kind, told.data["shared"]) == ("run", False)
+    assert (await tracker.grace.get(f"{RUNS}/{mine['id']}")).status_code == 404
+    await tracker.ada.patch(f"{RUNS}/{mine['id']}", json={"shared": True})
     change = await tracker.grace.patch(f"{RUNS}/{mine['id']}", json={"notes": "mine now"})
     assert change.status_code == 404  # shared for reading; only ada changes it
     taken = await tracker.grace.post(RUNS, json={"name": "x", "id": mine["id"]})
