@@ -3,7 +3,9 @@
 * local paths only inside the configured roots (the model's own folder by default), so a
   caller cannot read ``/etc/passwd`` through a model;
 * http(s) URLs only to public addresses (an SSRF guard checked on every redirect hop and
-  again on the address actually connected to, which defeats DNS rebinding), with a size cap;
+  again on the address each connection reaches, before a byte of the request is sent,
+  which defeats DNS rebinding; no proxy from the environment), with a size cap on the
+  decoded body;
 * uploaded or downloaded archives for directory inputs unpacked with no path leaving the
   target folder and no links.
 """
@@ -13,11 +15,13 @@ import shutil
 import socket
 import tarfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 _MAX_REDIRECTS = 5
@@ -81,11 +85,17 @@ class FilePolicy:
             raise FileRejected(f"could not fetch the URL: {exc}") from None
 
     def _download(self, url: str, out: BinaryIO, limit: int) -> None:
-        with httpx.Client(timeout=self.download_timeout_s, follow_redirects=False) as client:
+        client = httpx.Client(
+            timeout=self.download_timeout_s,
+            follow_redirects=False,
+            transport=_checked_transport(self),
+            # Ask for the bytes as they are; a server that compresses anyway is decoded below.
+            headers={"Accept-Encoding": "identity"},
+        )
+        with client:
             for _ in range(_MAX_REDIRECTS + 1):
                 self._check_url(url)
                 with client.stream("GET", url) as response:
-                    self._check_peer(url, response)
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
@@ -95,7 +105,7 @@ class FilePolicy:
                     if declared is not None and declared.isdigit() and int(declared) > limit:
                         raise FileRejected(f"URL content is larger than {limit} bytes")
                     received = 0
-                    for chunk in response.iter_raw(_CHUNK):
+                    for chunk in response.iter_bytes(_CHUNK):  # decoded: the file itself
                         received += len(chunk)
                         if received > limit:
                             raise FileRejected(f"URL content is larger than {limit} bytes")
@@ -103,13 +113,53 @@ class FilePolicy:
                     return
         raise FileRejected(f"URL redirected more than {_MAX_REDIRECTS} times")
 
-    def _check_peer(self, url: str, response: httpx.Response) -> None:
-        stream = response.extensions.get("network_stream")
-        if stream is None:
-            return
-        peer = stream.get_extra_info("server_addr")
-        if peer:
-            self.check_address(urlsplit(url).hostname or "", str(peer[0]))
+
+class _CheckedConnections(httpcore.NetworkBackend):
+    """TCP connections that the policy checks on the address actually reached, before the
+    request is sent: a name that resolved to a public address for :meth:`_check_url` and to
+    a private one a moment later (DNS rebinding) gets nothing through."""
+
+    def __init__(self, policy: FilePolicy) -> None:
+        self._policy = policy
+        self._tcp = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._tcp.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            self._policy.check_address(host, str(stream.get_extra_info("server_addr")[0]))
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise FileRejected("only http and https URLs are accepted")
+
+    def sleep(self, seconds: float) -> None:
+        self._tcp.sleep(seconds)
+
+
+def _checked_transport(policy: FilePolicy) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx takes no network backend of its own: its pool is rebuilt around the checked one
+    # with the same TLS settings.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        network_backend=_CheckedConnections(policy),
+    )
+    return transport
 
 
 def save_upload(source: BinaryIO, target: Path) -> Path:

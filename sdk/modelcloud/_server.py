@@ -121,7 +121,9 @@ async def _payload(
         return
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad JSON, bad UTF-8, an integer past Python's 4,300-digit limit;
+        # RecursionError: arrays or objects nested too deep to read.
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MalformedRequest("the body must be a JSON object with one key per input")

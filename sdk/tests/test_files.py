@@ -1,5 +1,6 @@
 """File and URL inputs: the SSRF guard, size caps, uploads, and archive unpacking."""
 
+import gzip
 import io
 import tarfile
 import threading
@@ -14,12 +15,18 @@ from modelcloud import Model
 from modelcloud._files import FilePolicy, FileRejected, unpack_archive
 from modelcloud.data_types import DecodeContext, InvalidValue, file, image, text
 
+REQUESTS: list[str] = []
+
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        REQUESTS.append(self.path)
         port = self.server.server_address[1]
         routes = {
             "/model.pkl": (200, {}, b"weights"),
+            # Compressed whatever the client asked for, as some servers do.
+            "/gzipped.pkl": (200, {"Content-Encoding": "gzip"}, gzip.compress(b"weights")),
+            "/bomb.pkl": (200, {"Content-Encoding": "gzip"}, gzip.compress(b"\0" * 100_000)),
             "/big.pkl": (200, {}, b"x" * 5000),
             "/to-loopback": (302, {"Location": f"http://127.0.0.1:{port}/model.pkl"}, b""),
             "/missing": (404, {}, b"nope"),
@@ -186,3 +193,31 @@ async def test_an_unsafe_uploaded_archive_is_a_422(serve, tmp_path):
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "folder"
     assert not list(tmp_path.rglob("escape.txt"))
+
+
+def test_a_compressed_answer_is_saved_as_the_file_itself(tmp_path, web):
+    policy = FilePolicy(allow_private_urls=True)
+    out = io.BytesIO()
+    policy.download(f"{web}/gzipped.pkl", out)
+    assert out.getvalue() == b"weights"
+    # The cap counts the file's bytes, not the compressed ones.
+    with pytest.raises(FileRejected, match="larger than 1000 bytes"):
+        policy.download(f"{web}/bomb.pkl", io.BytesIO(), limit=1000)
+
+
+def test_a_name_that_turns_private_after_the_check_gets_no_request(tmp_path, web, monkeypatch):
+    # DNS rebinding: the name resolved to a public address when checked, then to a private
+    # one when connected. The connection is refused before the request is sent.
+    monkeypatch.setattr(FilePolicy, "_check_url", lambda self, url: None)
+    REQUESTS.clear()
+    with pytest.raises(FileRejected, match="non-public address"):
+        FilePolicy().download(f"{web}/model.pkl", io.BytesIO())
+    assert REQUESTS == []
+
+
+def test_proxies_from_the_environment_are_not_used(tmp_path, web, monkeypatch):
+    # A proxy would hide the address the request really goes to from the guard.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    out = io.BytesIO()
+    FilePolicy(allow_private_urls=True).download(f"{web}/model.pkl", out)
+    assert out.getvalue() == b"weights"

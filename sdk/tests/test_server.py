@@ -230,6 +230,11 @@ async def test_malformed_bodies(serve):
     assert_problem(await client.post("/classify", content=b"{nope", headers=json_header), 400)
     assert_problem(await client.post("/classify", content=b"[1, 2]", headers=json_header), 400)
     assert_problem(await client.post("/classify", content=b"\xff\xfe", headers=json_header), 400)
+    # Valid-looking JSON that Python refuses to read: a 5,000-digit integer, deep nesting.
+    huge = b'{"photo": ' + b"9" * 5000 + b"}"
+    assert_problem(await client.post("/classify", content=huge, headers=json_header), 400)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_problem(await client.post("/classify", content=deep, headers=json_header), 400)
     problem = assert_problem(
         await client.post("/classify", content=b"photo", headers={"content-type": "text/plain"}),
         415,
