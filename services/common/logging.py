@@ -4,23 +4,42 @@ and anything that looks like a token redacted before it is written."""
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
 
 _TOKEN = re.compile(r"\b(mc_[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+")
+# Whatever follows "Bearer" is a credential, whichever scheme issued it.
+_BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\[redacted\])[^\s\"',;]+")
 _SECRET_KEYS = ("authorization", "token", "password", "secret", "api_key")
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace secrets in any field: keys named like secrets, and ModelCloud tokens anywhere."""
+    """Replace secrets in any field, nested ones included: keys named like secrets, bearer
+    credentials and ModelCloud tokens anywhere in text.
+
+    It runs last, after exceptions are formatted, so an exception's text is covered too.
+    """
     for key, value in list(event.items()):
-        if any(word in key.lower() for word in _SECRET_KEYS) and key != "token_id":
-            event[key] = "[redacted]"
-        elif isinstance(value, str):
-            event[key] = _TOKEN.sub(r"\1…[redacted]", value)
+        event[key] = _redacted(key, value)
     return event
+
+
+def _redacted(key: object, value: Any) -> Any:
+    if (
+        isinstance(key, str)
+        and key != "token_id"
+        and any(word in key.lower() for word in _SECRET_KEYS)
+    ):
+        return "[redacted]"
+    if isinstance(value, str):
+        return _TOKEN.sub(r"\1…[redacted]", _BEARER.sub(r"\1[redacted]", value))
+    if isinstance(value, Mapping):
+        return {k: _redacted(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(None, item) for item in value]
+    return value
 
 
 def configure_logging(
@@ -34,7 +53,6 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -52,6 +70,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact,  # after format_exc_info: an exception's text may hold a token
             renderer,
         ],
     )

@@ -9,8 +9,30 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 CLI = str(Path(sys.executable).with_name("modelcloud"))
+
+
+def wait_until_ready(
+    server: subprocess.Popen[bytes], url: str, log: Path, *, timeout_s: float
+) -> None:
+    """Poll ``/readyz`` until it answers 200; fail with the server's output if the server
+    exits or is still not ready after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the registry exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    pytest.fail(f"the registry was not ready after {timeout_s}s ({last}):\n{log.read_text()}")
 
 
 def test_serve_registry_on_sqlite_with_a_command_made_admin(tmp_path: Path) -> None:
@@ -38,12 +60,7 @@ def test_serve_registry_on_sqlite_with_a_command_made_admin(tmp_path: Path) -> N
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_ready(server, url, log, timeout_s=60)
         anonymous = httpx.get(f"{url}/v1/projects")
         assert anonymous.status_code == 401
         assert anonymous.headers["content-type"] == "application/problem+json"

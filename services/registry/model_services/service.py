@@ -21,6 +21,9 @@ from services.registry.projects.service import find_group, get_project_for
 from services.registry.settings import RegistrySettings
 from services.registry.unit_of_work import UnitOfWork
 
+# How many free ports one registration tries when concurrent ones take its pick first.
+_ATTEMPTS = 5
+
 
 async def register_service(
     *,
@@ -47,16 +50,29 @@ async def register_service(
         created_at=datetime.now(UTC),
         **data.model_dump(mode="json", exclude={"name", "group", "port"}),
     )
-    uow.session.add(service)
-    where = project.name  # read before a rollback would expire it
-    try:
-        await uow.session.flush()
-    except IntegrityError as exc:
-        # Registrations raced past the checks above: the database picked one winner.
-        await uow.session.rollback()
-        if "port" in str(exc.orig).lower():
-            raise Conflict(f"port {port} was just taken; register again") from None
-        raise Conflict(f"service {data.name!r} exists already in project {where!r}") from None
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            async with uow.session.begin_nested():
+                uow.session.add(service)
+        except IntegrityError as exc:
+            # Registrations raced past the checks above and the database picked the winner
+            # (on PostgreSQL; SQLite lets one writer in at a time). The name is the reason
+            # whenever it is taken, whichever constraint fired first.
+            if await find_service(uow=uow, project=project, name=data.name) is not None:
+                raise Conflict(
+                    f"service {data.name!r} exists already in project {project.name!r}"
+                ) from None
+            if "port" not in str(exc.orig).lower():
+                raise
+            if data.port is not None:
+                raise Conflict(f"port {data.port} is taken by another service") from None
+            if attempt == _ATTEMPTS:
+                raise Conflict(f"port {service.port} was just taken; register again") from None
+            # A free port we picked was taken meanwhile: the winner has committed, so the
+            # next pick sees it.
+            service.port = port = await _free_port(uow=uow, settings=settings)
+        else:
+            break
     uow.emit(
         ServiceRegistered(
             project=project.name,

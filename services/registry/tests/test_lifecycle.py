@@ -5,6 +5,7 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from modelcloud_proto.events import (
@@ -14,13 +15,14 @@ from modelcloud_proto.events import (
     DeploymentReady,
     Envelope,
     Event,
-    ProjectCreated,
     Replica,
 )
 from modelcloud_proto.specs import Device
 from services.common.events.outbox import OutboxEvent
+from services.registry.projects.models import Project
 from services.registry.tests.support import Registry, make_service, upload_version
 from services.registry.unit_of_work import UnitOfWork
+from services.registry.versions.models import ServiceVersion
 
 VERSIONS = "/v1/projects/vision/services/classifier/versions"
 
@@ -70,6 +72,21 @@ async def wait_state(
         while True:
             body: dict[str, Any] = (await registry.client.get(f"{VERSIONS}/{version}")).json()
             if body["state"] == state:
+                return body
+            await asyncio.sleep(0.02)
+
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def wait_left(
+    registry: Registry, version: str, state: str, timeout: float = 10
+) -> dict[str, Any]:
+    """The version once it is no longer in ``state``."""
+
+    async def poll() -> dict[str, Any]:
+        while True:
+            body: dict[str, Any] = (await registry.client.get(f"{VERSIONS}/{version}")).json()
+            if body["state"] != state:
                 return body
             await asyncio.sleep(0.02)
 
@@ -170,35 +187,98 @@ async def test_a_redelivered_event_takes_effect_once(registry: Registry) -> None
     # The local bus delivers one queue in order: once this later event is applied, the
     # duplicate before it has been handled too.
     await as_builder(registry, DeploymentFailed(version_id=version_id, reason="marker"))
-    version = await wait_state(registry, "1.0", "publish_failed")
-    assert version["api_version"] == 1  # the duplicate did not bring it online again
+    version = await wait_left(registry, "1.0", "publishing")
+    # Applied again, the duplicate would have brought it online as API version 2 (and the
+    # marker would have found nothing to fail).
+    assert (version["state"], version["api_version"]) == ("publish_failed", 1)
 
 
-async def test_state_change_and_event_are_kept_or_lost_together(registry: Registry) -> None:
-    sessions = registry.app.state.sessions
-    event = ProjectCreated(project_id=uuid.uuid4(), name="ghost")
-    async with sessions() as session:
-        uow = UnitOfWork(session=session)
-        uow.emit(event)
-        await session.rollback()
-    async with sessions() as session:
-        rows = (await session.exec(select(OutboxEvent).where(OutboxEvent.type == event.TYPE))).all()
-        assert rows == []
+class Crash(Exception):
+    """The registry dies after its changes reached the database, before they commit."""
 
+
+async def outbox_rows(registry: Registry, event_type: str) -> list[OutboxEvent]:
+    async with registry.app.state.sessions() as session:
+        query = select(OutboxEvent).where(OutboxEvent.type == event_type)
+        return list((await session.exec(query)).all())
+
+
+async def check_state_change_and_event_kept_or_lost_together(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build request (a version row change) and a project creation (a new row), each with
+    its outbox event: a crash between flush and commit loses both, a commit keeps both."""
     recorder = await record(registry)
-    created = await registry.client.post("/v1/projects", json={"name": "real"})
-    assert created.status_code == 201
-    (envelope,) = await recorder.wait_for("registry.project.created")
-    assert envelope.data["name"] == "real"
-    assert envelope.correlation_id == created.headers["x-correlation-id"]
+    await make_service(registry.client)
+    assert (await upload_version(registry.client)).status_code == 201
+    flushed: list[tuple[str, int, list[str]]] = []  # version state, ghosts, event types
 
-    async def marked_sent() -> None:
+    async def crash_before_commit(self: UnitOfWork) -> None:
+        await self.session.flush()
+        # Row and event are both in the database now, in this transaction: only the
+        # missing commit can take them away.
+        session = self.session
+        version = select(ServiceVersion.state).where(ServiceVersion.version == "1.0")
+        ghost = select(Project.id).where(Project.name == "ghost")
+        flushed.append(
+            (
+                (await session.exec(version)).one(),
+                len((await session.exec(ghost)).all()),
+                [row.type for row in (await session.exec(select(OutboxEvent))).all()],
+            )
+        )
+        raise Crash
+
+    with monkeypatch.context() as patched:
+        patched.setattr(UnitOfWork, "commit", crash_before_commit)
+        with pytest.raises(Crash):
+            await registry.client.post(f"{VERSIONS}/1.0/build")
+        with pytest.raises(Crash):
+            await registry.client.post("/v1/projects", json={"name": "ghost"})
+    (building, no_ghost, events_then), (registered, ghosts, events_later) = flushed
+    assert (building, no_ghost, events_then.count("registry.build.requested")) == ("building", 0, 1)
+    assert (registered, ghosts, events_later.count("registry.project.created")) == (
+        "registered",
+        1,
+        2,  # vision's, committed before, and ghost's
+    )
+
+    # Lost together: neither the state change nor its event survived the crash.
+    assert (await registry.client.get(f"{VERSIONS}/1.0")).json()["state"] == "registered"
+    assert (await registry.client.get("/v1/projects/ghost")).status_code == 404
+    assert await outbox_rows(registry, "registry.build.requested") == []
+    created_rows = await outbox_rows(registry, "registry.project.created")
+    assert [Envelope.model_validate(row.envelope).data["name"] for row in created_rows] == [
+        "vision"
+    ]
+
+    # Kept together: the same requests, committed, leave both and the relay sends the event.
+    building_ok = await registry.client.post(f"{VERSIONS}/1.0/build")
+    assert building_ok.json()["state"] == "building"
+    created = await registry.client.post("/v1/projects", json={"name": "ghost"})
+    assert created.status_code == 201
+    (requested,) = await recorder.wait_for("registry.build.requested")
+    assert requested.data["version"] == "1.0"
+    assert requested.correlation_id == building_ok.headers["x-correlation-id"]
+    announced = await recorder.wait_for("registry.project.created", count=2)
+    assert [e.data["name"] for e in announced] == ["vision", "ghost"]
+    assert (await registry.client.get(f"{VERSIONS}/1.0")).json()["state"] == "building"
+    assert (await registry.client.get("/v1/projects/ghost")).status_code == 200
+
+    async def marked_sent(event_id: uuid.UUID) -> None:
         # The consumer may see the event before the relay's own commit marks the row.
         while True:
-            async with sessions() as session:
-                query = select(OutboxEvent).where(OutboxEvent.event_id == envelope.id)
+            async with registry.app.state.sessions() as session:
+                query = select(OutboxEvent).where(OutboxEvent.event_id == event_id)
                 if (await session.exec(query)).one().published_at is not None:
                     return
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(marked_sent(), 10)
+    await asyncio.wait_for(marked_sent(requested.id), 10)
+    await asyncio.wait_for(marked_sent(announced[1].id), 10)
+
+
+async def test_state_change_and_event_are_kept_or_lost_together(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await check_state_change_and_event_kept_or_lost_together(registry, monkeypatch)

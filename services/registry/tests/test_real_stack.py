@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aio_pika
@@ -16,8 +16,12 @@ import pytest
 
 from modelcloud_proto.events import BuildSucceeded, DeploymentReady, Envelope, Replica
 from modelcloud_proto.specs import Device
+from services.common.database import SessionFactory
+from services.common.events.bus import Handler
+from services.common.events.consumer import EventHandler, idempotent
 from services.common.events.rabbitmq import RabbitBus
 from services.registry import consumers
+from services.registry import main as registry_main
 from services.registry.settings import RegistrySettings
 from services.registry.tests.support import (
     RABBITMQ,
@@ -26,7 +30,14 @@ from services.registry.tests.support import (
     running_registry,
     upload_version,
 )
-from services.registry.tests.test_lifecycle import VERSIONS, as_builder, record, wait_state
+from services.registry.tests.test_api import assert_problem
+from services.registry.tests.test_lifecycle import (
+    VERSIONS,
+    as_builder,
+    check_state_change_and_event_kept_or_lost_together,
+    record,
+    wait_state,
+)
 from services.registry.versions import service as version_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -70,6 +81,28 @@ async def test_concurrent_registrations_on_postgres_give_one_409(real_registry: 
         *(real_registry.client.post("/v1/projects/vision/services", json=body) for _ in range(4))
     )
     assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
+    for lost in (r for r in responses if r.status_code == 409):
+        problem = assert_problem(lost, 409)
+        assert problem["detail"] == "service 'twin' exists already in project 'vision'"
+    listed = (await real_registry.client.get("/v1/projects/vision/services")).json()
+    assert [s["name"] for s in listed] == ["first", "twin"]
+
+
+async def test_concurrent_registrations_of_different_names_each_get_a_free_port(
+    real_registry: Registry,
+) -> None:
+    await make_service(real_registry.client, service="first")
+    responses = await asyncio.gather(
+        *(
+            real_registry.client.post(
+                "/v1/projects/vision/services", json={"name": f"s{i}", "group": "default"}
+            )
+            for i in range(4)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    ports = [r.json()["port"] for r in responses]
+    assert len(set(ports)) == 4
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
@@ -89,6 +122,14 @@ async def test_broker_down_between_commit_and_publish_loses_no_event(
     assert envelope.data["name"] == "during-outage"
 
 
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def test_consumer_stopped_before_ack_gets_the_event_again_and_applies_it_once(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +139,20 @@ async def test_consumer_stopped_before_ack_gets_the_event_again_and_applies_it_o
         broker_url=RABBITMQ,
         outbox_poll_interval_s=0.05,
     )
+    # Which envelopes the registry's consumer finished (and so acknowledged), in order.
+    finished: list[uuid.UUID] = []
+
+    def counting(consumer: str, sessions: SessionFactory, handler: EventHandler) -> Handler:
+        apply_once = idempotent(consumer, sessions, handler)
+
+        async def handle(envelope: Envelope) -> None:
+            await apply_once(envelope)
+            finished.append(envelope.id)
+
+        return handle
+
+    monkeypatch.setattr(registry_main, "idempotent", counting)
+
     first_bus = RabbitBus(RABBITMQ)
     await first_bus.start()
     async with running_registry(settings, first_bus) as registry:
@@ -116,17 +171,18 @@ async def test_consumer_stopped_before_ack_gets_the_event_again_and_applies_it_o
             started.set()
             await asyncio.sleep(3600)  # the consumer "dies" before it can ack
 
-        monkeypatch.setattr(version_service, "deployment_ready", hang)
         ready = Envelope.of(
             DeploymentReady(
                 version_id=version_id, replicas=[Replica(address="10.0.0.1:1", pool=Device.CPU)]
             ),
             producer="builder",
         )
-        await first_bus.publish([ready])
-        await asyncio.wait_for(started.wait(), 20)
-        await first_bus.close()  # unacked: the broker will deliver it again
-        monkeypatch.undo()
+        with monkeypatch.context() as dying:
+            dying.setattr(version_service, "deployment_ready", hang)
+            await first_bus.publish([ready])
+            await asyncio.wait_for(started.wait(), 20)
+            await first_bus.close()  # unacked: the broker will deliver it again
+    assert ready.id not in finished
 
     second_bus = RabbitBus(RABBITMQ)
     await second_bus.start()
@@ -134,10 +190,29 @@ async def test_consumer_stopped_before_ack_gets_the_event_again_and_applies_it_o
         async with running_registry(settings, second_bus) as again:
             online = await wait_state(again, "1.0", "online", timeout=30)
             assert online["api_version"] == 1
-            await second_bus.publish([ready])  # a duplicate delivery
-            await asyncio.sleep(1)
+            await until(lambda: ready.id in finished)
+
+            # Published again: the version waits for a DeploymentReady, so the old one would
+            # bring it online as API version 2 if it were applied a second time.
+            await again.client.post(f"{VERSIONS}/1.0/offline")
+            publishing = await again.client.post(f"{VERSIONS}/1.0/publish")
+            assert publishing.json()["state"] == "publishing"
+            await second_bus.publish([ready])  # the broker delivers the same envelope again
+            await until(lambda: finished.count(ready.id) == 2)
             version = (await again.client.get(f"{VERSIONS}/1.0")).json()
-            assert version["api_version"] == 1
+            assert (version["state"], version["api_version"]) == ("publishing", 1)
+            service = (await again.client.get("/v1/projects/vision/services/classifier")).json()
+            assert service["api_versions"] == 1
+
+            # A new DeploymentReady does take effect: the state did allow one.
+            await as_builder(
+                again,
+                DeploymentReady(
+                    version_id=version_id,
+                    replicas=[Replica(address="10.0.0.2:1", pool=Device.CPU)],
+                ),
+            )
+            assert (await wait_state(again, "1.0", "online", timeout=30))["api_version"] == 2
     finally:
         await second_bus.close()
 
@@ -175,10 +250,6 @@ async def test_poison_and_failing_messages_land_in_the_dead_letter_queue(
 
 
 async def test_state_change_and_event_are_kept_or_lost_together_on_postgres(
-    real_registry: Registry,
+    real_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.registry.tests.test_lifecycle import (
-        test_state_change_and_event_are_kept_or_lost_together as same_test,
-    )
-
-    await same_test(real_registry)
+    await check_state_change_and_event_kept_or_lost_together(real_registry, monkeypatch)
