@@ -133,6 +133,25 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by the benchmark's client (this process), the file store and the
+    S3 server during one action."""
+
+    def __init__(self, store: int, s3: int) -> None:
+        self.pids = {"client": os.getpid(), "file store": store, "S3": s3}
+
+    def timed(self, action: Callable[[], object]) -> tuple[float, dict[str, float]]:
+        before = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        seconds = timed(action)
+        return seconds, {name: cpu_s(pid) - before[name] for name, pid in self.pids.items()}
+
+
 def _is_upload(metric_line: str) -> bool:
     """PUT of one file, a pack of many, or the start of a direct upload."""
     return 'method="PUT"' in metric_line or (
@@ -156,6 +175,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="the median is reported")
     parser.add_argument("--quick", action="store_true", help="64 MiB and 100 files")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE")
     parser.add_argument(
         "--mode",
         choices=list(MODES),
@@ -251,6 +271,10 @@ def main() -> None:
         small = work / "small"
         small.mkdir()
         cases: dict[str, list[tuple[float, float]]] = {name: [] for name in CASES}
+        meter = CpuMeter(store.pid, processes[0].pid)
+        # A download needs its upload first; only the cases asked for are reported.
+        needed = set(args.cases) | {c.replace("download", "upload") for c in args.cases}
+        cpu: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {n: [] for n in CASES}
         for round_no in range(rounds):
             # New content every round (content addressing would skip a repeat), a version of
             # its own for the small files (pull_dir pulls a whole version), and the order of
@@ -270,16 +294,27 @@ def main() -> None:
             plain.mkdir()
             pairs = round_pairs(client, large, small, pipe, small_pipe, pulled, plain)
             for name, (with_pipe, with_boto3) in pairs.items():
+                if name not in needed:
+                    continue
                 if round_no % 2:
-                    boto_s, pipe_s = timed(with_boto3), timed(with_pipe)
+                    (boto_s, boto_cpu), (pipe_s, pipe_cpu) = (
+                        meter.timed(with_boto3),
+                        meter.timed(with_pipe),
+                    )
                 else:
-                    pipe_s, boto_s = timed(with_pipe), timed(with_boto3)
+                    (pipe_s, pipe_cpu), (boto_s, boto_cpu) = (
+                        meter.timed(with_pipe),
+                        meter.timed(with_boto3),
+                    )
                 cases[name].append((pipe_s, boto_s))
+                cpu[name].append((pipe_cpu, boto_cpu))
             shutil.rmtree(pulled)
             shutil.rmtree(plain)
-        before = puts(filestore)
-        again = timed(lambda: small_pipe.import_dir(small, subdir="small"))  # the last round's
-        sent_again = puts(filestore) - before
+        again: tuple[float, float] | None = None
+        if "small files upload" in needed:
+            before = puts(filestore)
+            seconds = timed(lambda: small_pipe.import_dir(small, subdir="small"))  # last round's
+            again = seconds, puts(filestore) - before
         peak_kib = vm_hwm(store.pid)
     finally:
         for process in processes:
@@ -295,7 +330,9 @@ def main() -> None:
     small_mib = count * 4096 / (1 << 20)
     print("| case | MiB | pipe s | pipe MiB/s | boto3 s | boto3 MiB/s | pipe / boto3 throughput |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, times in cases.items():
+    reported = [name for name in CASES if name in args.cases]
+    for name in reported:
+        times = cases[name]
         mib = large_mib if name.startswith("large") else small_mib
         pipe_s = statistics.median(t[0] for t in times)
         boto_s = statistics.median(t[1] for t in times)
@@ -304,7 +341,22 @@ def main() -> None:
             f"| {name} | {mib:.0f} | {pipe_s:.2f} | {mib / pipe_s:.1f} | {boto_s:.2f} | "
             f"{mib / boto_s:.1f} | **{boto_s / pipe_s:.2f}** ({each}) |"
         )
-    print(f"\nsecond push of the unchanged {count} files: {again:.2f} s, {sent_again:.0f} uploads")
+    print("\nCPU seconds per case (medians; client / file store / S3 server):\n")
+    print("| case | pipe: client | file store | S3 | boto3: client | S3 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in reported:
+        rows = cpu[name]
+        pipe_cpu = {k: statistics.median(r[0][k] for r in rows) for k in meter.pids}
+        boto_cpu = {k: statistics.median(r[1][k] for r in rows) for k in meter.pids}
+        print(
+            f"| {name} | {pipe_cpu['client']:.2f} | {pipe_cpu['file store']:.2f} | "
+            f"{pipe_cpu['S3']:.2f} | {boto_cpu['client']:.2f} | {boto_cpu['S3']:.2f} |"
+        )
+    if again is not None:
+        print(
+            f"\nsecond push of the unchanged {count} files: {again[0]:.2f} s, "
+            f"{again[1]:.0f} uploads"
+        )
     print(
         f"file store peak resident memory (VmHWM): {peak_kib / 1024:.0f} MiB "
         f"({idle_kib / 1024:.0f} MiB once started, before any transfer)"

@@ -1,6 +1,7 @@
 """The seed's model-file snippets, verbatim, against a running file store (and the
 registry that owns its tokens and projects), with blobs on a local folder or on S3."""
 
+import hashlib
 import os
 import shutil
 import socket
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+import modelcloud.pipe._remote as remote
+from modelcloud.pipe import ModelFile
 
 CLI = str(Path(sys.executable).with_name("modelcloud"))
 
@@ -118,6 +122,7 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
             "MODELCLOUD_FILESTORE_URL": filestore,
             "MODELCLOUD_TOKEN": token,
             "MODELCLOUD_PROJECT": "vision",
+            "MODELCLOUD_PIPE_DIGESTS": str(tmp_path / "digests.sqlite3"),
             "kind": request.param,
         }
     finally:
@@ -192,3 +197,33 @@ def test_the_seed_snippets_run_against_the_file_store(
         "v2",
     ]
     assert list_profiles()["model_name"]["versions"] == ["model_version", "v2"]
+
+
+def test_a_large_file_is_hashed_while_sent_and_remembered(
+    platform: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in platform.items():
+        if key.startswith("MODELCLOUD_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(remote, "_STREAM_MIN", 1 << 20)  # "large" from 1 MiB, for speed
+    read_first: list[Path] = []
+    hash_file = remote._sha256
+    monkeypatch.setattr(remote, "_sha256", lambda path: read_first.append(path) or hash_file(path))
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    settled = time.time() - 60
+    os.utime(big, (settled, settled))
+    pipe = ModelFile("weights", "v1").filepipe()
+
+    pipe.import_file(big)
+    direct = platform["kind"] == "s3-direct"  # a direct upload names its digest first
+    assert read_first == ([big] if direct else [])
+    listed = {f["filename"]: f for f in pipe.scan_local(attributes=True)[0]}
+    assert listed["big.bin"]["crc"] == hashlib.md5(big.read_bytes()).hexdigest()  # noqa: S324
+    puts = uploads_so_far(platform["MODELCLOUD_FILESTORE_URL"])
+    read_first.clear()
+    pipe.import_file(big)  # unchanged: its digest is remembered, nothing is read or sent
+    assert read_first == []
+    assert uploads_so_far(platform["MODELCLOUD_FILESTORE_URL"]) == puts
+    pulled = pipe.pull_file("big.bin", tmp_path / "pulled" / "big.bin")
+    assert pulled.read_bytes() == big.read_bytes()

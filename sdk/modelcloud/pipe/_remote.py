@@ -2,21 +2,26 @@
 
 A push first asks the service to *link* every file by its SHA-256: content the store has
 already is recorded without sending a byte, so pushing an unchanged folder transfers
-nothing. What is missing travels, several transfers at a time, by size:
+nothing. Digests are remembered per file (``_digests.py``), so an unchanged file is not
+read again either. What is missing travels, several transfers at a time, by size:
 
 * small files go in *packs*, many to one tar body, each member carrying its digest;
 * the rest stream through the service, which checks the digest before keeping anything;
+  a large file whose digest is not known yet is sent while it is hashed (not read twice),
+  and the digest the service computed must match the one computed here;
 * or, when the store offers it, large files go straight to S3 through presigned URLs (in
   parallel parts), and the service re-reads them to check the digest before keeping them.
 
 Pulls stream to a temporary file, check the digest, and rename into place; with direct
-transfers the bytes come straight from S3.
+transfers the bytes come straight from S3, and files kept together in one object (a pack)
+come down together, in one ranged request.
 """
 
 import contextlib
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import uuid
 import weakref
@@ -32,6 +37,7 @@ from urllib.parse import quote
 import httpx
 
 from modelcloud.pipe._center import CHUNK, FileAttributes, Progress
+from modelcloud.pipe._digests import DigestCache
 from modelcloud.pipe._paths import INTERNAL_PREFIX
 from modelcloud.pipe.errors import PipeError, PipeFileNotFound
 
@@ -39,6 +45,7 @@ _LINK_BATCH = 1000
 _PACK_FILE_MAX = 1 << 20  # files up to this size travel in packs
 _PACK_BYTES = 16 << 20
 _PACK_SHA256 = "MODELCLOUD.sha256"
+_STREAM_MIN = 64 << 20  # files from this size, digest unknown, are hashed while sent
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,26 @@ class _Limits:
 class _Upload:
     source: Path
     name: str
-    sha256: str
+    sha256: str | None  # None: hashed while it is sent
+    size: int
+
+
+_Stored = list[tuple[Path, str]]  # files stored, with their digests
+
+
+def _digest(upload: _Upload) -> str:
+    if upload.sha256 is None:  # pragma: no cover - such files are routed through the service
+        raise PipeError(f"{upload.name}: sent before its digest was known", upload.name)
+    return upload.sha256
+
+
+@dataclass(frozen=True)
+class _Download:
+    name: str
+    target: Path
+    url: str | None  # None: through the service
+    sha256: str | None
+    offset: int | None  # in the object at ``url``, which holds other files too
     size: int
 
 
@@ -70,6 +96,7 @@ class RemoteCenter:
         *,
         workers: int = 8,
         transport: httpx.BaseTransport | None = None,
+        digests: DigestCache | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server.rstrip("/")
@@ -89,8 +116,9 @@ class RemoteCenter:
         )
         # Presigned URLs carry their own authorization: never send the token to S3.
         self._s3 = httpx.Client(timeout=timeout, limits=limits, transport=transport)
+        self._digests = digests or DigestCache()
         # The seed's pipes are never closed explicitly: close the connections with the pipe.
-        self._closer = weakref.finalize(self, _close_all, self._http, self._s3)
+        self._closer = weakref.finalize(self, _close_all, self._http, self._s3, self._digests)
 
     def close(self) -> None:
         self._closer()
@@ -125,42 +153,58 @@ class RemoteCenter:
     # ------------------------------------------------------------------ push
 
     def store(self, files: list[tuple[Path, str]], progress: Progress | None) -> None:
+        sizes = [source.stat().st_size for source, _ in files]
         with ThreadPoolExecutor(self._workers) as pool:
-            digests = list(pool.map(lambda pair: _sha256(pair[0]), files))
+            digests = list(
+                pool.map(
+                    lambda pair: self._digest_before_sending(*pair), zip(files, sizes, strict=True)
+                )
+            )
         missing: set[str] = set()
-        for start in range(0, len(files), _LINK_BATCH):
+        known = [(f, d) for f, d in zip(files, digests, strict=True) if d is not None]
+        for start in range(0, len(known), _LINK_BATCH):
             batch = [
                 {"path": name, "sha256": digest, "modified_at": _mtime(source)}
-                for (source, name), digest in zip(
-                    files[start : start + _LINK_BATCH],
-                    digests[start : start + _LINK_BATCH],
-                    strict=True,
-                )
+                for (source, name), digest in known[start : start + _LINK_BATCH]
             ]
             answer = self._checked(
                 self._http.post(f"{self._base}/link", json={"files": batch}), None
             )
             missing.update(answer.json()["missing"])
         uploads: list[_Upload] = []
-        for (source, name), digest in zip(files, digests, strict=True):
-            size = source.stat().st_size
-            if name in missing:
+        for (source, name), digest, size in zip(files, digests, sizes, strict=True):
+            if digest is None or name in missing:
                 uploads.append(_Upload(source, name, digest, size))
             elif progress is not None:
                 progress(size)
         jobs = self._upload_jobs(uploads, progress)
+        stored = [(source, digest) for (source, _), digest in known]
         with ThreadPoolExecutor(self._workers) as pool:
             for future in [pool.submit(job) for job in jobs]:
-                future.result()
+                stored.extend(future.result())
+        self._digests.remember(stored)
+
+    def _digest_before_sending(self, file: tuple[Path, str], size: int) -> str | None:
+        """The file's digest, or None for a large file best hashed while it is sent."""
+        source = file[0]
+        if (digest := self._digests.known(source)) is not None:
+            return digest
+        limits = self._limits
+        if size >= _STREAM_MIN and not (limits.direct_uploads and size >= limits.direct_min_bytes):
+            return None
+        return _sha256(source)
 
     def _upload_jobs(
         self, uploads: list[_Upload], progress: Progress | None
-    ) -> list[Callable[[], None]]:
+    ) -> list[Callable[[], _Stored]]:
+        """Jobs that send the uploads; each answers with the files it stored, and digests."""
         limits = self._limits
-        jobs: list[Callable[[], None]] = []
+        jobs: list[Callable[[], _Stored]] = []
         small: list[_Upload] = []
         for upload in uploads:
-            if limits.direct_uploads and upload.size >= limits.direct_min_bytes:
+            if upload.sha256 is None:  # hashed while sent: through the service
+                jobs.append(partial(self._upload_through, upload, progress))
+            elif limits.direct_uploads and upload.size >= limits.direct_min_bytes:
                 jobs.append(partial(self._upload_direct, upload, progress))
             elif limits.pack_max_files > 1 and upload.size <= _PACK_FILE_MAX:
                 small.append(upload)
@@ -184,31 +228,47 @@ class RemoteCenter:
             jobs.append(partial(self._upload_pack, pack, progress))
         return jobs
 
-    def _upload_through(self, upload: _Upload, progress: Progress | None) -> None:
+    def _upload_through(self, upload: _Upload, progress: Progress | None) -> _Stored:
         headers = {
-            "X-Content-SHA256": upload.sha256,
             "Content-Length": str(upload.size),
             "X-Modified-At": _mtime(upload.source),
             "Content-Type": "application/octet-stream",
         }
+        digest = None
+        if upload.sha256 is None:
+            digest = hashlib.sha256()
+        else:
+            headers["X-Content-SHA256"] = upload.sha256
+        url = f"{self._base}/files/{quote(upload.name)}"
         try:
             response = self._http.put(
-                f"{self._base}/files/{quote(upload.name)}",
-                content=_chunks(upload.source, 0, upload.size, progress),
+                url,
+                content=_chunks(upload.source, 0, upload.size, progress, digest),
                 headers=headers,
             )
         except httpx.HTTPError as exc:
             raise PipeError(f"cannot push {upload.name}: {exc}", upload.name) from exc
-        self._checked(response, upload.name)
+        stored: str = self._checked(response, upload.name).json()["sha256"]
+        if digest is None:
+            return [(upload.source, stored)]
+        if stored != digest.hexdigest():  # changed while it was read, or damaged on the way
+            with contextlib.suppress(httpx.HTTPError):
+                self._http.delete(url)
+            raise PipeError(
+                f"{upload.name} arrived different from what was read here (SHA-256 "
+                f"{stored} against {digest.hexdigest()}); was it being written? push it again",
+                upload.name,
+            )
+        return [(upload.source, stored)]
 
-    def _upload_pack(self, pack: list[_Upload], progress: Progress | None) -> None:
+    def _upload_pack(self, pack: list[_Upload], progress: Progress | None) -> _Stored:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for upload in pack:
                 info = tarfile.TarInfo(upload.name)
                 info.size = upload.size
                 info.mtime = upload.source.stat().st_mtime
-                info.pax_headers = {_PACK_SHA256: upload.sha256}
+                info.pax_headers = {_PACK_SHA256: _digest(upload)}
                 with upload.source.open("rb") as reader:
                     archive.addfile(info, reader)
         names = ", ".join(u.name for u in pack[:3]) + (", ..." if len(pack) > 3 else "")
@@ -223,13 +283,14 @@ class RemoteCenter:
         self._checked(response, pack[0].name if len(pack) == 1 else None)
         if progress is not None:
             progress(sum(u.size for u in pack))
+        return [(u.source, _digest(u)) for u in pack]
 
-    def _upload_direct(self, upload: _Upload, progress: Progress | None) -> None:
+    def _upload_direct(self, upload: _Upload, progress: Progress | None) -> _Stored:
         name = upload.name
         started = self._checked(
             self._http.post(
                 f"{self._base}/uploads",
-                json={"path": name, "sha256": upload.sha256, "size": upload.size},
+                json={"path": name, "sha256": _digest(upload), "size": upload.size},
             ),
             name,
         ).json()
@@ -260,6 +321,7 @@ class RemoteCenter:
             with contextlib.suppress(httpx.HTTPError):
                 self._http.delete(f"{self._base}/uploads/{upload_id}", params=params)
             raise
+        return [(upload.source, _digest(upload))]
 
     def _put_part(
         self, upload: _Upload, part: tuple[str, int, int], progress: Progress | None
@@ -286,9 +348,8 @@ class RemoteCenter:
     def fetch(self, files: list[tuple[str, Path]], progress: Progress | None) -> None:
         if not files:
             return
-        sources: list[tuple[str, str | None, Path]]
+        downloads: list[_Download] = []
         if self._limits.direct_downloads:
-            sources = []
             for start in range(0, len(files), _LINK_BATCH):
                 batch = files[start : start + _LINK_BATCH]
                 answer = self._checked(
@@ -297,39 +358,79 @@ class RemoteCenter:
                     ),
                     batch[0][0] if len(batch) == 1 else None,
                 ).json()
-                urls = {link["path"]: link["url"] for link in answer["files"]}
-                sources.extend((name, urls[name], target) for name, target in batch)
+                links = {link["path"]: link for link in answer["files"]}
+                for name, target in batch:
+                    link = links[name]
+                    downloads.append(
+                        _Download(
+                            name,
+                            target,
+                            link["url"],
+                            link["sha256"],
+                            link.get("offset"),
+                            int(link["size"]),
+                        )
+                    )
         else:
-            sources = [(name, None, target) for name, target in files]
+            downloads = [_Download(name, target, None, None, None, 0) for name, target in files]
+        jobs: list[Callable[[], None]] = []
+        shared: dict[str, list[_Download]] = {}  # files kept together in one object
+        for download in downloads:
+            if download.url is not None and download.offset is not None:
+                shared.setdefault(download.url, []).append(download)
+            else:
+                jobs.append(partial(self._fetch_one, download, progress))
+        jobs.extend(partial(self._fetch_together, group, progress) for group in shared.values())
         with ThreadPoolExecutor(self._workers) as pool:
-            for future in [pool.submit(self._fetch_one, *s, progress) for s in sources]:
+            for future in [pool.submit(job) for job in jobs]:
                 future.result()
 
-    def _fetch_one(
-        self, name: str, url: str | None, target: Path, progress: Progress | None
-    ) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f"{INTERNAL_PREFIX}-tmp-{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
+    def _fetch_one(self, download: _Download, progress: Progress | None) -> None:
+        name, url = download.name, download.url
         client = self._http if url is None else self._s3
         try:
             with client.stream("GET", url or f"{self._base}/files/{quote(name)}") as response:
                 self._checked(response, name)
-                with temporary.open("wb") as writer:
-                    for chunk in response.iter_bytes(CHUNK):
-                        digest.update(chunk)
-                        writer.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
-                # A presigned object is stored under its digest; the service sends it along.
-                expected = response.headers.get("x-content-sha256") or _key_digest(url)
-            if expected and digest.hexdigest() != expected:
-                raise PipeError(f"{name} arrived damaged (SHA-256 mismatch); pull it again", name)
-            os.replace(temporary, target)
+                # Presigned links name the digest; the service sends it along.
+                expected = download.sha256 or response.headers.get("x-content-sha256")
+                _write_checked(download, expected, response.iter_bytes(CHUNK), progress)
         except httpx.HTTPError as exc:
             raise PipeError(f"cannot pull {name}: {exc}", name) from exc
-        finally:
-            temporary.unlink(missing_ok=True)
+
+    def _fetch_together(self, group: list[_Download], progress: Progress | None) -> None:
+        """Files lying in one object (a pack): one ranged GET over all of them, each file
+        cut out of the stream and checked against its own digest."""
+        spans: dict[tuple[int, int], list[_Download]] = {}  # one content, maybe many paths
+        for download in group:
+            spans.setdefault((download.offset or 0, download.size), []).append(download)
+        ordered = sorted(spans)
+        first = ordered[0][0]
+        last = max(offset + size for offset, size in ordered)
+        first_name = group[0].name
+        try:
+            with contextlib.ExitStack() as stack:
+                chunks: Iterator[bytes] = iter(())
+                if last > first:
+                    response = stack.enter_context(
+                        self._s3.stream(
+                            "GET",
+                            group[0].url or "",
+                            headers={"Range": f"bytes={first}-{last - 1}"},
+                        )
+                    )
+                    self._checked(response, first_name)
+                    chunks = response.iter_bytes(CHUNK)
+                stream = _ByteStream(chunks)
+                position = first
+                for offset, size in ordered:
+                    stream.skip(offset - position)
+                    position = offset + size
+                    lead, *copies = spans[(offset, size)]
+                    _write_checked(lead, lead.sha256, stream.take(size, lead.name), progress)
+                    for copy in copies:
+                        _copy_into_place(lead.target, copy.target)
+        except httpx.HTTPError as exc:
+            raise PipeError(f"cannot pull {first_name}: {exc}", first_name) from exc
 
     # ------------------------------------------------------------------ delete
 
@@ -351,27 +452,90 @@ class RemoteCenter:
         raise PipeError(f"{what}the file store answered {response.status_code}: {detail}", name)
 
 
-def _close_all(*clients: httpx.Client) -> None:
-    for client in clients:
-        client.close()
+def _close_all(http: httpx.Client, s3: httpx.Client, digests: DigestCache) -> None:
+    http.close()
+    s3.close()
+    digests.close()
 
 
-def _chunks(path: Path, offset: int, length: int, progress: Progress | None) -> Iterator[bytes]:
+def _chunks(
+    path: Path,
+    offset: int,
+    length: int,
+    progress: Progress | None,
+    digest: "hashlib._Hash | None" = None,
+) -> Iterator[bytes]:
     with path.open("rb") as reader:
         reader.seek(offset)
         left = length
         while left > 0 and (chunk := reader.read(min(CHUNK, left))):
             left -= len(chunk)
+            if digest is not None:
+                digest.update(chunk)
             if progress is not None:
                 progress(len(chunk))
             yield chunk
 
 
-def _key_digest(url: str | None) -> str | None:
-    if url is None:
-        return None
-    last = httpx.URL(url).path.rsplit("/", 1)[-1]
-    return last if len(last) == 64 else None
+def _write_checked(
+    download: _Download,
+    expected: str | None,
+    chunks: Iterator[bytes | memoryview],
+    progress: Progress | None,
+) -> None:
+    """Write a file from its chunks to a temporary name, check its digest, rename it."""
+    target = download.target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f"{INTERNAL_PREFIX}-tmp-{uuid.uuid4().hex}"
+    digest = hashlib.sha256()
+    try:
+        with temporary.open("wb") as writer:
+            for chunk in chunks:
+                digest.update(chunk)
+                writer.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        if expected and digest.hexdigest() != expected:
+            raise PipeError(
+                f"{download.name} arrived damaged (SHA-256 mismatch); pull it again",
+                download.name,
+            )
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _copy_into_place(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f"{INTERNAL_PREFIX}-tmp-{uuid.uuid4().hex}"
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class _ByteStream:
+    """Reads exact spans from a stream of chunks, without copying them."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = memoryview(b"")
+
+    def take(self, count: int, name: str) -> Iterator[memoryview]:
+        while count > 0:
+            if not self._rest:
+                chunk = next(self._chunks, b"")
+                if not chunk:
+                    raise PipeError(f"{name}: the object store's answer ended early", name)
+                self._rest = memoryview(chunk)
+            piece, self._rest = self._rest[:count], self._rest[count:]
+            count -= len(piece)
+            yield piece
+
+    def skip(self, count: int) -> None:
+        for _ in self.take(count, "a pack"):
+            pass
 
 
 def _sha256(path: Path) -> str:

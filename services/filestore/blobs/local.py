@@ -1,4 +1,9 @@
-"""Blobs in a local directory (the embedded default)."""
+"""Blobs in a local directory (the embedded default).
+
+Renaming is free here, so every blob ends up under its content address: an upload whose
+digest is only known at the end is renamed into place, and a pack's members are copied out
+to their own files.
+"""
 
 import os
 import shutil
@@ -6,7 +11,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.filestore.blobs.store import CHUNK, BlobWriter, DirectTransfers, blob_key
+from services.filestore.blobs.store import (
+    CHUNK,
+    BlobWriter,
+    DirectTransfers,
+    PackMember,
+    Placement,
+    blob_key,
+)
 
 
 class LocalBlobs:
@@ -25,14 +37,41 @@ class LocalBlobs:
         shutil.copyfile(path, temporary)
         os.replace(temporary, target)
 
-    def writer(self, sha256: str, size_hint: int | None) -> BlobWriter:
-        target = self.root / blob_key(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return _FileWriter(target)
+    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
+        with path.open("rb") as pack:
+            for member in members:
+                target = self.root / blob_key(member.sha256)
+                if target.is_file():
+                    continue
+                pack.seek(member.offset)
+                writer = self.writer(member.sha256, member.size)
+                try:
+                    left = member.size
+                    while left > 0 and (chunk := pack.read(min(CHUNK, left))):
+                        writer.write(chunk)
+                        left -= len(chunk)
+                    writer.commit(member.sha256)
+                except BaseException:
+                    writer.abort()
+                    raise
+        return None
+
+    def writer(self, sha256: str | None, size_hint: int | None) -> BlobWriter:
+        folder = self.root / "blobs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return _FileWriter(self.root, folder / f".tmp-{uuid.uuid4().hex}")
 
     def read(self, sha256: str) -> Iterator[bytes]:
         with (self.root / blob_key(sha256)).open("rb") as reader:
             while chunk := reader.read(CHUNK):
+                yield chunk
+
+    def read_placed(self, placement: Placement) -> Iterator[bytes]:
+        with (self.root / placement.key).open("rb") as reader:
+            reader.seek(placement.offset)
+            left = placement.size
+            while left > 0 and (chunk := reader.read(min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
 
     def ready(self) -> None:
@@ -44,19 +83,22 @@ class LocalBlobs:
 
 
 class _FileWriter:
-    """A temporary file beside the blob, renamed into place on commit."""
+    """A temporary file, renamed to the content address on commit."""
 
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.temporary = target.parent / f".tmp-{uuid.uuid4().hex}"
-        self.file = self.temporary.open("wb")
+    def __init__(self, root: Path, temporary: Path) -> None:
+        self.root = root
+        self.temporary = temporary
+        self.file = temporary.open("wb")
 
     def write(self, chunk: bytes) -> None:
         self.file.write(chunk)
 
-    def commit(self) -> None:
+    def commit(self, sha256: str) -> str | None:
         self.file.close()
-        os.replace(self.temporary, self.target)
+        target = self.root / blob_key(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.temporary, target)
+        return None
 
     def abort(self) -> None:
         self.file.close()

@@ -4,6 +4,11 @@ Uploads through the service use boto3's managed transfer: multipart above 64 MiB
 sent in parallel, and a failed multipart upload is aborted by boto3 itself, so no orphaned
 parts are left behind.
 
+Content whose digest is only known once the last byte has arrived streams into an object
+of its own under ``objects/`` (S3 cannot rename it afterwards), and a pack of small files is
+kept whole under ``packs/``: one PUT instead of one per file. The file store records where
+those blobs lie and reads them back as byte ranges.
+
 Direct transfers (presigned URLs) stage the client's bytes under ``incoming/``, read them
 back to check the declared SHA-256 (S3-compatible servers differ in which checksums they
 enforce, so the service trusts none), then copy them server-side to their content address.
@@ -12,6 +17,7 @@ A bucket lifecycle rule drops anything a client staged and never completed after
 
 import hashlib
 import math
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +33,8 @@ from services.filestore.blobs.store import (
     BlobWriter,
     DirectTransfers,
     NothingStaged,
+    PackMember,
+    Placement,
     StagedContent,
     blob_key,
 )
@@ -42,6 +50,8 @@ _MIN_PART = 8 << 20
 _MAX_PARTS = 10_000
 _PARTS_IN_FLIGHT = 6
 STAGING_PREFIX = "incoming/"
+OBJECTS_PREFIX = "objects/"
+PACKS_PREFIX = "packs/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 
 
@@ -108,12 +118,32 @@ class S3Blobs:
         elif not self.exists(sha256):
             self.client.upload_file(str(path), self.bucket, blob_key(sha256), Config=_TRANSFER)
 
-    def writer(self, sha256: str, size_hint: int | None) -> BlobWriter:
+    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
+        key = f"{PACKS_PREFIX}{uuid.uuid4()}"
+        self.client.upload_file(str(path), self.bucket, key, Config=_TRANSFER)
+        return key
+
+    def writer(self, sha256: str | None, size_hint: int | None) -> BlobWriter:
         part_size = max(_MIN_PART, math.ceil((size_hint or 0) / (_MAX_PARTS - 1)))
+        if sha256 is None:
+            key = f"{OBJECTS_PREFIX}{uuid.uuid4()}"
+            return _MultipartWriter(self.client, self.bucket, key, part_size, placed=True)
         return _MultipartWriter(self.client, self.bucket, blob_key(sha256), part_size)
 
     def read(self, sha256: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=blob_key(sha256))["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def read_placed(self, placement: Placement) -> Iterator[bytes]:
+        if placement.size == 0:
+            return
+        last = placement.offset + placement.size - 1
+        body = self.client.get_object(
+            Bucket=self.bucket, Key=placement.key, Range=f"bytes={placement.offset}-{last}"
+        )["Body"]
         try:
             yield from body.iter_chunks(CHUNK)
         finally:
@@ -135,8 +165,13 @@ class S3Blobs:
                             "Filter": {"Prefix": STAGING_PREFIX},
                             "Status": "Enabled",
                             "Expiration": {"Days": 1},
+                        },
+                        {  # a service stopped mid-upload leaves its parts behind
+                            "ID": "modelcloud-abandoned-parts",
+                            "Filter": {"Prefix": ""},
+                            "Status": "Enabled",
                             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-                        }
+                        },
                     ]
                 },
             )
@@ -234,8 +269,11 @@ class S3DirectTransfers:
         self.client.delete_object(Bucket=self.bucket, Key=staging_key)
 
     def download_url(self, sha256: str, expires_s: int) -> str:
+        return self.object_url(blob_key(sha256), expires_s)
+
+    def object_url(self, key: str, expires_s: int) -> str:
         return self.signer.generate_presigned_url(
-            "get_object", {"Bucket": self.bucket, "Key": blob_key(sha256)}, ExpiresIn=expires_s
+            "get_object", {"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
 
 
@@ -244,10 +282,13 @@ class _MultipartWriter:
     ``part_size`` times the parts in flight); the upload is completed only on commit, so
     unchecked content never becomes visible, and aborted otherwise."""
 
-    def __init__(self, client: "S3Client", bucket: str, key: str, part_size: int) -> None:
+    def __init__(
+        self, client: "S3Client", bucket: str, key: str, part_size: int, *, placed: bool = False
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
+        self.placed = placed  # the key is not the content address: commit answers with it
         self.part_size = part_size
         self.buffer: list[bytes] = []
         self.buffered = 0
@@ -290,7 +331,11 @@ class _MultipartWriter:
         )
         return answer["ETag"], answer["ChecksumCRC32"]
 
-    def commit(self) -> None:
+    def commit(self, sha256: str) -> str | None:
+        self._complete()
+        return self.key if self.placed else None
+
+    def _complete(self) -> None:
         try:
             if self.multipart_id is None:
                 self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._take())

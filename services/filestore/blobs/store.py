@@ -5,6 +5,13 @@ Both are synchronous (boto3 is); the app calls them from worker threads. Writes 
 checked) and reads come back as an iterator of chunks, so no whole file is ever held in
 memory.
 
+Most content lives under its content address (``blobs/<sha256>``). A store may also keep
+content inside other objects, where writing one object per blob would cost too much: a
+pack of small files kept whole (S3 takes a few hundred PUTs a second), or a large upload
+whose digest was only known once the last byte had arrived (S3 cannot rename). The store
+then answers with the object's key and the file store records where the blob lies (a
+:class:`Placement`); reads ask for that slice of that object.
+
 A store that clients can reach themselves (S3) also offers :class:`DirectTransfers`: large
 bytes then go straight between the client and the bucket through presigned URLs, and the
 file store only signs, checks and records.
@@ -24,6 +31,24 @@ def blob_key(sha256: str) -> str:
     if not _SHA256.fullmatch(sha256):
         raise ValueError(f"not a SHA-256 digest: {sha256!r}")
     return f"blobs/{sha256[:2]}/{sha256}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a blob lies when not under its content address: a slice of another object."""
+
+    key: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class PackMember:
+    """One blob inside a pack file: its digest and where its bytes lie in the file."""
+
+    sha256: str
+    offset: int
+    size: int
 
 
 class NothingStaged(LookupError):
@@ -63,7 +88,10 @@ class DirectTransfers(Protocol):
         """Remove a staged object and abort its multipart upload, if any."""
 
     def download_url(self, sha256: str, expires_s: int) -> str:
-        """A presigned GET URL for a stored blob."""
+        """A presigned GET URL for a blob stored under its content address."""
+
+    def object_url(self, key: str, expires_s: int) -> str:
+        """A presigned GET URL for an object holding placed blobs (ranged reads allowed)."""
 
 
 class BlobWriter(Protocol):
@@ -71,8 +99,10 @@ class BlobWriter(Protocol):
 
     def write(self, chunk: bytes) -> None: ...
 
-    def commit(self) -> None:
-        """Make the content readable under its digest (only once it has been checked)."""
+    def commit(self, sha256: str) -> str | None:
+        """Make the checked content readable: under its digest (returns None), or, when the
+        store had to choose where the bytes went before the digest was known, in the
+        object whose key it returns."""
 
     def abort(self) -> None:
         """Drop everything written so far; nothing is left behind."""
@@ -81,14 +111,22 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def exists(self, sha256: str) -> bool: ...
 
-    def writer(self, sha256: str, size_hint: int | None) -> BlobWriter:
-        """Stream content in for ``sha256``; the caller checks the digest before commit."""
+    def writer(self, sha256: str | None, size_hint: int | None) -> BlobWriter:
+        """Stream content in for ``sha256``, or for a digest only known at the end (None);
+        the caller checks the digest before commit."""
 
     def put(self, path: Path, sha256: str) -> None:
         """Store a verified file under its digest; storing known content again is a no-op."""
 
+    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
+        """Store the verified blobs of a pack file: each under its digest (returns None), or
+        the file whole as one object whose key it returns (the members then lie in it)."""
+
     def read(self, sha256: str) -> Iterator[bytes]:
         """The blob's bytes, in chunks of about ``CHUNK``."""
+
+    def read_placed(self, placement: Placement) -> Iterator[bytes]:
+        """The bytes of a blob kept inside another object."""
 
     def ready(self) -> None:
         """Raise if the store cannot be reached."""

@@ -5,7 +5,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import Column, DateTime, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -22,10 +22,22 @@ class FileEntry(SQLModel, table=True):
     path: str = Field(max_length=1024)
     sha256: str = Field(max_length=64, index=True)
     md5: str = Field(max_length=32, description="the pipe's `crc`, as d6tpipe reports it")
-    size: int
+    size: int = Field(sa_type=BigInteger)  # files of 2 GiB and more
     modified_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     uploaded_by: str = Field(max_length=64)
     uploaded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class BlobPlacement(SQLModel, table=True):
+    """A blob kept inside another object (a pack, or an upload whose digest came last)
+    rather than under its content address. Content is immutable, so any row will do."""
+
+    __tablename__ = "blob_placement"
+
+    sha256: str = Field(max_length=64, primary_key=True)
+    key: str = Field(max_length=256, primary_key=True)
+    offset: int = Field(ge=0, sa_type=BigInteger)
+    size: int = Field(ge=0, sa_type=BigInteger)
 
 
 class FileRead(BaseModel):

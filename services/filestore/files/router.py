@@ -14,7 +14,7 @@ from services.filestore.files.models import FileRead, LinkRequest, LinkResult
 from services.filestore.files.paths import check_file_path
 
 Component = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Sha256 = Annotated[str, Header(alias="X-Content-SHA256", pattern=r"^[0-9a-f]{64}$")]
+Sha256 = Annotated[str | None, Header(alias="X-Content-SHA256", pattern=r"^[0-9a-f]{64}$")]
 router = APIRouter(prefix="/v1/projects/{project}/models", tags=["files"])
 VERSION = "/{model}/versions/{version}"
 
@@ -47,13 +47,15 @@ async def upload(
     model: Component,
     version: Component,
     path: str,
-    sha256: Sha256,
     request: Request,
     session: SessionDep,
+    sha256: Sha256 = None,
     content_length: Annotated[int | None, Header()] = None,
     modified_at: Annotated[datetime | None, Header(alias="X-Modified-At")] = None,
 ) -> FileRead:
-    """Store the body as ``path``; ``X-Content-SHA256`` must match it or nothing is kept."""
+    """Store the body as ``path``. ``X-Content-SHA256``, when given, must match it or nothing
+    is kept; without it the file is recorded under the digest computed here, which the
+    answer carries (compare it with your own)."""
     check_file_path(path)
     access = await access_to(request, project, "write")
     state = request.app.state

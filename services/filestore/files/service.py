@@ -3,6 +3,9 @@
 An upload streams into the blob store while its SHA-256 is computed (memory stays flat);
 the blob becomes readable, and the path is recorded, only once the digest the client
 declared has been checked: a mismatch, a truncated body or an oversize one commits nothing.
+A client may also leave the digest out (a large file is then sent while it is still being
+hashed, instead of read twice): the file is recorded under the digest computed here, which
+the answer carries for the client to compare with its own.
 """
 
 import asyncio
@@ -19,8 +22,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.problems import InvalidInput, NotFound, PayloadTooLarge
-from services.filestore.blobs.store import CHUNK, BlobStore
+from services.filestore.blobs.store import CHUNK, BlobStore, Placement
 from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
+from services.filestore.files.placements import is_stored, place, read_blob
 
 Where = tuple[str, str, str]  # project, model, version
 _MD5_POOL = ThreadPoolExecutor(4, thread_name_prefix="md5")
@@ -51,7 +55,7 @@ async def upload(
     where: Where,
     path: str,
     body: AsyncIterator[bytes],
-    declared_sha256: str,
+    declared_sha256: str | None,
     declared_size: int | None,
     modified_at: datetime | None,
     user: str,
@@ -59,12 +63,13 @@ async def upload(
 ) -> FileRead:
     """Stream the body into the blob store while hashing it; the content becomes readable,
     and the path is recorded, only if the digest and size match what was declared."""
-    known = await anyio.to_thread.run_sync(blobs.exists, declared_sha256)
+    known = declared_sha256 is not None and await is_stored(session, blobs, declared_sha256)
     writer = (
         None
         if known
         else await anyio.to_thread.run_sync(blobs.writer, declared_sha256, declared_size)
     )
+    placed: str | None = None
     sha256 = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
@@ -108,12 +113,14 @@ async def upload(
             await in_flight
         if declared_size is not None and size != declared_size:
             raise InvalidInput("body", f"{path}: received {size} of {declared_size} bytes")
-        if sha256.hexdigest() != declared_sha256:
-            raise InvalidInput(
-                "X-Content-SHA256", f"{path}: the content's SHA-256 is {sha256.hexdigest()}"
-            )
+        digest = sha256.hexdigest()
+        if declared_sha256 is not None and digest != declared_sha256:
+            raise InvalidInput("X-Content-SHA256", f"{path}: the content's SHA-256 is {digest}")
         if writer is not None:
-            await anyio.to_thread.run_sync(writer.commit)
+            if declared_sha256 is None and await is_stored(session, blobs, digest):
+                await anyio.to_thread.run_sync(writer.abort)  # stored once is enough
+            else:
+                placed = await anyio.to_thread.run_sync(writer.commit, digest)
     except BaseException:
         with anyio.CancelScope(shield=True):
             if in_flight is not None:
@@ -122,7 +129,9 @@ async def upload(
             if writer is not None:
                 await anyio.to_thread.run_sync(writer.abort)
         raise
-    content = Content(declared_sha256, md5.hexdigest(), size)
+    content = Content(digest, md5.hexdigest(), size)
+    if placed is not None:
+        place(session, digest, Placement(placed, 0, size))
     entry = await record(session, where, path, content, modified_at, user)
     await session.commit()
     return to_read(entry)
@@ -136,7 +145,8 @@ async def link(
     current = {e.path: e for e in await _entries(session, where)}
     linked: list[str] = []
     missing: list[str] = []
-    known = await _known(session, {i.sha256 for i in items})
+    known = await _known(session, where[0], {i.sha256 for i in items})
+    pointed: list[tuple[str, Content, datetime | None]] = []
     for item in items:
         existing = current.get(item.path)
         if existing is not None and existing.sha256 == item.sha256:
@@ -146,8 +156,10 @@ async def link(
         if content is None:
             missing.append(item.path)
             continue
-        await record(session, where, item.path, content, item.modified_at, user)
+        pointed.append((item.path, content, item.modified_at))
         linked.append(item.path)
+    if pointed:
+        await record_many(session, where, pointed, user)
     await session.commit()
     return LinkResult(linked=linked, missing=missing)
 
@@ -156,7 +168,7 @@ async def open_file(
     *, session: AsyncSession, blobs: BlobStore, where: Where, path: str
 ) -> tuple[FileRead, Iterator[bytes]]:
     entry = await entry_or_404(session, where, path)
-    return to_read(entry), blobs.read(entry.sha256)
+    return to_read(entry), await read_blob(session, blobs, entry.sha256)
 
 
 async def delete(*, session: AsyncSession, where: Where, path: str) -> FileRead:
@@ -199,12 +211,15 @@ class Content:
     size: int
 
 
-async def _known(session: AsyncSession, digests: set[str]) -> dict[str, Content]:
+async def _known(session: AsyncSession, project: str, digests: set[str]) -> dict[str, Content]:
+    """Content this project has stored already. Only its own: knowing another project's
+    digest must not be enough to link (and so read) that project's file; the bytes are
+    sent once more then, and stored once all the same."""
     if not digests:
         return {}
     query = (
         select(FileEntry.sha256, func.max(FileEntry.md5), func.max(FileEntry.size))
-        .where(col(FileEntry.sha256).in_(digests))
+        .where(FileEntry.project == project, col(FileEntry.sha256).in_(digests))
         .group_by(col(FileEntry.sha256))
     )
     rows = (await session.exec(query)).all()
@@ -219,35 +234,51 @@ async def record(
     modified_at: datetime | None,
     user: str,
 ) -> FileEntry:
+    return (await record_many(session, where, [(path, content, modified_at)], user))[0]
+
+
+async def record_many(
+    session: AsyncSession,
+    where: Where,
+    files: list[tuple[str, Content, datetime | None]],
+    user: str,
+) -> list[FileEntry]:
+    """Point each path at its content: new entries, or existing ones updated (one query
+    for all of them, however many)."""
     project, model, version = where
     now = datetime.now(UTC)
     query = select(FileEntry).where(
         FileEntry.project == project,
         FileEntry.model == model,
         FileEntry.version == version,
-        FileEntry.path == path,
+        col(FileEntry.path).in_([path for path, _, _ in files]),
     )
-    entry = (await session.exec(query)).first()
-    if entry is None:
-        entry = FileEntry(
-            project=project,
-            model=model,
-            version=version,
-            path=path,
-            sha256=content.sha256,
-            md5=content.md5,
-            size=content.size,
-            modified_at=modified_at or now,
-            uploaded_by=user,
-            uploaded_at=now,
-        )
-        session.add(entry)
-    else:
-        entry.sha256, entry.md5, entry.size = content.sha256, content.md5, content.size
-        entry.modified_at = modified_at or now
-        entry.uploaded_by, entry.uploaded_at = user, now
+    existing = {entry.path: entry for entry in (await session.exec(query)).all()}
+    entries = []
+    for path, content, modified_at in files:
+        entry = existing.get(path)
+        if entry is None:
+            entry = FileEntry(
+                project=project,
+                model=model,
+                version=version,
+                path=path,
+                sha256=content.sha256,
+                md5=content.md5,
+                size=content.size,
+                modified_at=modified_at or now,
+                uploaded_by=user,
+                uploaded_at=now,
+            )
+            session.add(entry)
+            existing[path] = entry  # a path named twice: the last one wins
+        else:
+            entry.sha256, entry.md5, entry.size = content.sha256, content.md5, content.size
+            entry.modified_at = modified_at or now
+            entry.uploaded_by, entry.uploaded_at = user, now
+        entries.append(entry)
     await session.flush()
-    return entry
+    return entries
 
 
 def to_read(entry: FileEntry) -> FileRead:

@@ -91,11 +91,27 @@ async def test_a_wrong_or_truncated_upload_commits_nothing(stack: Stack) -> None
         f"{BASE}/files/m.bin", content=data[:5000], headers={"X-Content-SHA256": sha(data)}
     )
     assert truncated.status_code == 422
-    missing_digest = await stack.files.put(f"{BASE}/files/m.bin", content=data)
-    assert missing_digest.status_code == 422
     assert (await stack.files.get(f"{BASE}/files")).json() == []
     assert blob_count(stack) == 0
     assert not any((stack.settings.data_dir / "uploads").iterdir())
+
+
+async def test_an_upload_without_a_digest_is_kept_under_the_one_computed(stack: Stack) -> None:
+    data = b"y" * 10_000
+    # A truncated body is refused all the same (its length was declared).
+    truncated = await stack.files.put(
+        f"{BASE}/files/m.bin", content=data[:5000], headers={"Content-Length": "10000"}
+    )
+    assert truncated.status_code in (400, 422)
+    assert blob_count(stack) == 0
+    stored = await stack.files.put(f"{BASE}/files/m.bin", content=data)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["sha256"] == sha(data)
+    assert (await stack.files.get(f"{BASE}/files/m.bin")).content == data
+    # The same content again, still without a digest: stored once.
+    again = await stack.files.put(f"{BASE}/files/copy.bin", content=data)
+    assert again.json()["sha256"] == sha(data)
+    assert blob_count(stack) == 1
 
 
 @pytest.mark.parametrize(
@@ -166,3 +182,38 @@ async def test_a_file_over_the_multipart_threshold_goes_up_and_down_on_s3(
         async for chunk in response.aiter_bytes():
             digest.update(chunk)
     assert digest.hexdigest() == sha(data)
+
+
+async def test_a_digest_alone_links_only_within_the_project(stack: Stack) -> None:
+    # Knowing the digest of another project's file must not be enough to read it.
+    secret = b"another team's weights"
+    stored = await stack.files.put(
+        f"{BASE}/files/w.bin", content=secret, headers={"X-Content-SHA256": sha(secret)}
+    )
+    assert stored.status_code == 201
+    created = await stack.registry.client.post("/v1/projects", json={"name": "other"})
+    assert created.status_code == 201, created.text
+    other = "/v1/projects/other/models/m/versions/v1"
+    item = {"path": "w.bin", "sha256": sha(secret)}
+    linked = await stack.files.post(f"{other}/link", json={"files": [item]})
+    assert linked.json() == {"linked": [], "missing": ["w.bin"]}
+    assert (await stack.files.get(f"{other}/files/w.bin")).status_code == 404
+    # With the bytes, it is stored (once: the content is the same).
+    again = await stack.files.put(
+        f"{other}/files/w.bin", content=secret, headers={"X-Content-SHA256": sha(secret)}
+    )
+    assert again.status_code == 201
+    assert blob_count(stack) == 1
+
+
+async def test_a_path_named_twice_in_one_link_is_linked_once(stack: Stack) -> None:
+    first, second = b"first", b"second"
+    for name, data in (("one.bin", first), ("two.bin", second)):
+        put = await stack.files.put(
+            f"{BASE}/files/{name}", content=data, headers={"X-Content-SHA256": sha(data)}
+        )
+        assert put.status_code == 201
+    items = [{"path": "x.bin", "sha256": sha(first)}, {"path": "x.bin", "sha256": sha(second)}]
+    linked = await stack.files.post(f"{BASE}/link", json={"files": items})
+    assert linked.status_code == 200, linked.text
+    assert (await stack.files.get(f"{BASE}/files/x.bin")).content == second

@@ -253,3 +253,60 @@ async def test_a_wrong_checksum_through_the_service_leaves_no_multipart_upload(
     assert leftovers(s3_stack) == ([], [])
     client = bucket_client(s3_stack)
     assert client.list_objects_v2(Bucket=s3_stack.settings.s3_bucket).get("KeyCount") == 0
+
+
+def keys(stack: Stack, prefix: str = "") -> list[str]:
+    client = bucket_client(stack)
+    listing = client.list_objects_v2(Bucket=stack.settings.s3_bucket, Prefix=prefix)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+@pytest.mark.s3
+async def test_a_pack_is_one_object_on_s3_and_each_file_reads_back(s3_stack: Stack) -> None:
+    files = {f"f{i}.bin": bytes([i]) * (100 + i) for i in range(20)}
+    files["same-as-f3.bin"] = files["f3.bin"]  # one content under two paths
+    files["empty.txt"] = b""
+    stored = await send_pack(s3_stack, pack(files))
+    assert stored.status_code == 201, stored.text
+    # One PUT for the whole pack, however many files it holds.
+    assert keys(s3_stack) == keys(s3_stack, "packs/")
+    assert len(keys(s3_stack)) == 1
+    for name, data in files.items():
+        assert (await s3_stack.files.get(f"{BASE}/files/{name}")).content == data
+    links = await s3_stack.files.post(f"{BASE}/downloads", json={"paths": sorted(files)})
+    assert links.status_code == 200, links.text
+    async with httpx.AsyncClient() as s3:
+        for link in links.json()["files"]:
+            assert link["offset"] is not None
+            if link["size"] == 0:
+                continue
+            last = link["offset"] + link["size"] - 1
+            answer = await s3.get(link["url"], headers={"Range": f"bytes={link['offset']}-{last}"})
+            assert answer.content == files[link["path"]]
+            assert sha(answer.content) == link["sha256"]
+
+
+@pytest.mark.s3
+async def test_an_upload_without_a_digest_is_placed_and_read_back_on_s3(s3_stack: Stack) -> None:
+    data = b"z" * (20 << 20)  # in several parts, before the digest is known
+    stored = await s3_stack.files.put(f"{BASE}/files/big.bin", content=data)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["sha256"] == sha(data)
+    assert len(keys(s3_stack, "objects/")) == 1
+    assert keys(s3_stack, "blobs/") == []
+    assert (await s3_stack.files.get(f"{BASE}/files/big.bin")).content == data
+    # Known content sent again without a digest is dropped, not stored twice; with its
+    # digest it is linked.
+    again = await s3_stack.files.put(f"{BASE}/files/again.bin", content=data)
+    assert again.json()["sha256"] == sha(data)
+    assert len(keys(s3_stack)) == 1
+    assert leftovers(s3_stack) == ([], [])
+    linked = await s3_stack.files.post(
+        f"{BASE}/link", json={"files": [{"path": "third.bin", "sha256": sha(data)}]}
+    )
+    assert linked.json() == {"linked": ["third.bin"], "missing": []}
+    links = await s3_stack.files.post(f"{BASE}/downloads", json={"paths": ["third.bin"]})
+    async with httpx.AsyncClient() as s3:
+        link = links.json()["files"][0]
+        assert link["offset"] == 0
+        assert (await s3.get(link["url"])).content == data

@@ -48,7 +48,11 @@ class DownloadRequest(BaseModel):
 
 class DownloadLink(BaseModel):
     path: str
-    url: str
+    url: str = Field(description="several files may share one URL: read each one's range")
+    offset: int | None = Field(
+        description="where the file's bytes start in the object at `url` (send `Range: "
+        "bytes=offset-(offset+size-1)`); null: the object is the file"
+    )
     size: int
     sha256: str
 

@@ -4,14 +4,14 @@ A direct upload is stateless on the service side: its staging key is derived fro
 project and a random upload id, and completion re-reads the staged bytes, so nothing a
 client sends back is trusted. A pack carries many small files in one tar body, each member
 with its SHA-256 in a PAX header; every member is checked before any is stored, so a bad
-pack stores nothing.
+pack stores nothing. The blob store keeps the checked pack as it likes: whole, as one object
+that its members are read from as byte ranges (S3), or member by member (a local folder).
 """
 
 import hashlib
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +23,24 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from modelcloud_proto.problem import FieldError
 from services.common.problems import Conflict, InvalidInput, PayloadTooLarge
 from services.filestore.blobs.s3 import STAGING_PREFIX
-from services.filestore.blobs.store import BlobStore, DirectTransfers, NothingStaged
+from services.filestore.blobs.store import (
+    BlobStore,
+    DirectTransfers,
+    NothingStaged,
+    PackMember,
+    Placement,
+)
 from services.filestore.files.models import FileRead
 from services.filestore.files.paths import check_file_path
-from services.filestore.files.service import Content, Where, entry_or_404, record, to_read
+from services.filestore.files.placements import locate, place
+from services.filestore.files.service import (
+    Content,
+    Where,
+    entry_or_404,
+    record,
+    record_many,
+    to_read,
+)
 from services.filestore.settings import FilestoreSettings
 from services.filestore.transfers.models import (
     DownloadLink,
@@ -38,7 +52,6 @@ from services.filestore.transfers.models import (
 )
 
 PACK_SHA256 = "MODELCLOUD.sha256"
-_PUT_WORKERS = 8
 
 
 def limits(settings: FilestoreSettings, blobs: BlobStore) -> TransferLimits:
@@ -147,20 +160,35 @@ async def download_links(
     paths: list[str],
 ) -> DownloadLinks:
     direct = _direct(blobs, settings.direct_downloads, "downloads")
-    links = []
+    entries = []
     for path in paths:
         check_file_path(path)
-        entry = await entry_or_404(session, where, path)
-        url = direct.download_url(entry.sha256, settings.presign_expires_s)
-        links.append(DownloadLink(path=path, url=url, size=entry.size, sha256=entry.sha256))
-    expires = datetime.now(UTC) + timedelta(seconds=settings.presign_expires_s)
+        entries.append(await entry_or_404(session, where, path))
+    placements = await locate(session, {e.sha256 for e in entries})
+    expires_s = settings.presign_expires_s
+    object_urls: dict[str, str] = {}  # one URL per pack, so clients can group by it
+    links = []
+    for entry in entries:
+        placement = placements.get(entry.sha256)
+        if placement is None:
+            url, offset = direct.download_url(entry.sha256, expires_s), None
+        else:
+            if placement.key not in object_urls:
+                object_urls[placement.key] = direct.object_url(placement.key, expires_s)
+            url, offset = object_urls[placement.key], placement.offset
+        links.append(
+            DownloadLink(
+                path=entry.path, url=url, offset=offset, size=entry.size, sha256=entry.sha256
+            )
+        )
+    expires = datetime.now(UTC) + timedelta(seconds=expires_s)
     return DownloadLinks(files=links, expires_at=expires)
 
 
 @dataclass(frozen=True)
 class _Member:
     path: str
-    file: Path
+    offset: int  # of its bytes in the pack
     content: Content
     modified_at: datetime
 
@@ -185,24 +213,23 @@ async def store_pack(
                 if size > settings.pack_max_bytes:
                     raise PayloadTooLarge(f"a pack holds at most {settings.pack_max_bytes} bytes")
                 await anyio.to_thread.run_sync(out.write, chunk)
-        members = await anyio.to_thread.run_sync(
-            _unpack, pack, Path(folder), settings.pack_max_files
-        )
-
-        def put_all() -> None:
-            with ThreadPoolExecutor(_PUT_WORKERS) as pool:
-                for done in [pool.submit(blobs.put, m.file, m.content.sha256) for m in members]:
-                    done.result()
-
-        await anyio.to_thread.run_sync(put_all)
-    entries = [
-        await record(session, where, m.path, m.content, m.modified_at, user) for m in members
-    ]
+        members = await anyio.to_thread.run_sync(_unpack, pack, settings.pack_max_files)
+        blobs_in_pack = {  # each content once, however many paths it has
+            m.content.sha256: PackMember(m.content.sha256, m.offset, m.content.size)
+            for m in members
+        }
+        key = await anyio.to_thread.run_sync(blobs.put_pack, pack, list(blobs_in_pack.values()))
+    if key is not None:
+        for blob in blobs_in_pack.values():
+            place(session, blob.sha256, Placement(key, blob.offset, blob.size))
+    entries = await record_many(
+        session, where, [(m.path, m.content, m.modified_at) for m in members], user
+    )
     await session.commit()
     return [to_read(e) for e in entries]
 
 
-def _unpack(pack: Path, folder: Path, max_files: int) -> list[_Member]:
+def _unpack(pack: Path, max_files: int) -> list[_Member]:
     members: list[_Member] = []
     errors: list[FieldError] = []
     seen: set[str] = set()
@@ -224,14 +251,12 @@ def _unpack(pack: Path, folder: Path, max_files: int) -> list[_Member]:
                 reader = archive.extractfile(info)
                 if reader is None:  # pragma: no cover - regular members always have data
                     continue
-                target = folder / f"member-{index}"
                 sha256 = hashlib.sha256()
                 md5 = hashlib.md5(usedforsecurity=False)
-                with reader, target.open("wb") as out:
+                with reader:
                     while chunk := reader.read(1 << 20):
                         sha256.update(chunk)
                         md5.update(chunk)
-                        out.write(chunk)
                 if sha256.hexdigest() != declared:
                     errors.append(
                         FieldError(
@@ -243,7 +268,7 @@ def _unpack(pack: Path, folder: Path, max_files: int) -> list[_Member]:
                 members.append(
                     _Member(
                         path=info.name,
-                        file=target,
+                        offset=info.offset_data,
                         content=Content(sha256.hexdigest(), md5.hexdigest(), info.size),
                         modified_at=datetime.fromtimestamp(info.mtime, UTC),
                     )
