@@ -7,7 +7,9 @@ cache in seconds. Steps and the entrypoint are written in exec form (JSON arrays
 as shell lines. The base image comes from ``BUILDER_DOCKER_BASE_IMAGES`` by Python (and
 CUDA) version; an extra CA bundle and the package-index settings are passed into the build
 for networks that inspect TLS; local wheel folders (``BUILDER_FIND_LINKS``) are copied in,
-so that a CPU build of torch, say, is installed from them rather than fetched.
+so that a CPU build of torch, say, is installed from them rather than fetched. pip's
+settings are build arguments, not ``ENV``: replicas never see the index (whose URL may
+hold credentials), though ``docker history`` shows them, as it does any build argument.
 
 Replicas run with a GPU request when the service wants a GPU, publish port 9000 on the
 builder's replica host, and carry labels that let a restarted builder find them.
@@ -83,7 +85,7 @@ class DockerBuilder:
                 self._context, context, job, base, steps, command, sdk.wheels
             )
             image_id, reused = await asyncio.to_thread(
-                _build_image, client, context, tag, names, emit
+                _build_image, client, context, tag, names, self.settings.pip_index(), emit
             )
         await asyncio.to_thread(_drop_older_images, client, tag)
         return Artifact(
@@ -128,21 +130,24 @@ class DockerBuilder:
         has_requirements = (job.source / "requirements.txt").is_file()
         if has_requirements:
             shutil.copy2(job.source / "requirements.txt", context / "requirements.txt")
-        lines = [f"FROM {base}", "ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1"]
+        # pip's settings are build arguments, not ENV: the build steps see them, the
+        # image's environment (so every replica) does not. Their values come with the
+        # build request, not in this file.
+        lines = [f"FROM {base}", "ENV PYTHONUNBUFFERED=1", "ARG PIP_DISABLE_PIP_VERSION_CHECK=1"]
         if self.settings.ca_bundle:
             shutil.copy2(self.settings.ca_bundle, context / "ca.crt")
             lines += [
                 "COPY ca.crt /etc/modelcloud/ca.crt",
-                "ENV PIP_CERT=/etc/modelcloud/ca.crt SSL_CERT_FILE=/etc/modelcloud/ca.crt "
+                # Model code reaching out through the same TLS-inspecting proxy needs it too.
+                "ENV SSL_CERT_FILE=/etc/modelcloud/ca.crt "
                 "REQUESTS_CA_BUNDLE=/etc/modelcloud/ca.crt",
+                "ARG PIP_CERT=/etc/modelcloud/ca.crt",
             ]
-        lines += [
-            f"ENV {key}={json.dumps(value)}" for key, value in self.settings.pip_index().items()
-        ]
+        lines += [f"ARG {key}" for key in self.settings.pip_index()]
         lines += [
             _run(["python3", "-m", "venv", "/opt/model-env"]),
-            "ENV PATH=/opt/model-env/bin:/usr/local/bin:/usr/bin:/bin"
-            " VIRTUAL_ENV=/opt/model-env PIP_FIND_LINKS=/opt/wheels",
+            "ENV PATH=/opt/model-env/bin:/usr/local/bin:/usr/bin:/bin VIRTUAL_ENV=/opt/model-env",
+            "ARG PIP_FIND_LINKS=/opt/wheels",
             "COPY wheels/ /opt/wheels/",
             "WORKDIR /opt/build",
         ]
@@ -176,6 +181,7 @@ def _build_image(
     context: Path,
     tag: str,
     names: dict[str, str],
+    buildargs: dict[str, str],
     emit: Any,
 ) -> tuple[str, bool]:
     """Build, streaming the output; returns the image id and whether every dependency layer
@@ -183,7 +189,7 @@ def _build_image(
     current = "docker build"
     ran_a_step = False
     tail: list[str] = []
-    for line in _stream(client, context, tag):
+    for line in _stream(client, context, tag, buildargs):
         emit(line)
         tail = [*tail[-14:], line]
         if match := _STEP_LINE.match(line):
@@ -207,10 +213,12 @@ def _drop_older_images(client: docker.DockerClient, tag: str) -> None:
                     client.images.remove(old, noprune=False)
 
 
-def _stream(client: docker.DockerClient, context: Path, tag: str) -> Iterator[str]:
+def _stream(
+    client: docker.DockerClient, context: Path, tag: str, buildargs: dict[str, str]
+) -> Iterator[str]:
     try:
         for chunk in client.api.build(
-            path=str(context), tag=tag, rm=True, forcerm=True, decode=True
+            path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True, decode=True
         ):
             if "stream" in chunk:
                 for line in str(chunk["stream"]).splitlines():

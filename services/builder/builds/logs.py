@@ -41,10 +41,12 @@ class BuildLogs:
             return []
         return text.splitlines()[-lines:]
 
-    async def follow(self, build_id: UUID) -> AsyncIterator[str]:
-        """Every line so far, then new ones as they come, until the build ends."""
+    async def follow(self, build_id: UUID, *, queued: bool = False) -> AsyncIterator[str]:
+        """Every line so far, then new ones as they come, until the build ends. A build the
+        caller saw ``queued`` is followed from its first line once it starts, unless it
+        has run meanwhile (its log is there)."""
         queue: asyncio.Queue[str | None] = asyncio.Queue()
-        live = build_id in self._open
+        live = build_id in self._open or (queued and not self.path(build_id).exists())
         if live:
             self._followers.setdefault(build_id, []).append(queue)
         # Lines are written on the event loop, and nothing awaits between subscribing and

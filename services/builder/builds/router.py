@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from services.builder.builds import service
 from services.builder.builds.logs import BuildLogs
-from services.builder.builds.models import BuildRead
+from services.builder.builds.models import BuildRead, BuildState
 from services.builder.deps import Name, SessionDep, access_to
 
 router = APIRouter(prefix="/v1/projects/{project}/builds", tags=["builds"])
@@ -54,9 +54,11 @@ async def build_logs(
     follow: Annotated[bool, Query(description="stream lines live (Server-Sent Events)")] = False,
 ) -> StreamingResponse | PlainTextResponse:
     """The build's output; with ``follow=true`` a Server-Sent Events stream: every line so
-    far, then new ones as the build runs, then an ``end`` event with the build's state."""
+    far, then new ones as the build runs (from its first line, for a build still queued),
+    then an ``end`` event with the build's state."""
     await access_to(request, project, "read")
-    await service.get_build(session=session, project=project, build_id=build_id)
+    build = await service.get_build(session=session, project=project, build_id=build_id)
+    queued = build.state is BuildState.QUEUED
     # SQLite takes its write lock even to read: do not hold it while the stream runs.
     await session.close()
     logs: BuildLogs = request.app.state.build_logs
@@ -67,11 +69,11 @@ async def build_logs(
     sessions = request.app.state.sessions
 
     async def events() -> AsyncIterator[str]:
-        async for line in logs.follow(build_id):
+        async for line in logs.follow(build_id, queued=queued):
             yield f"data: {line}\n\n"
         async with sessions() as fresh:
-            build = await service.get_build(session=fresh, project=project, build_id=build_id)
-        yield f"event: end\ndata: {build.state}\n\n"
+            ended = await service.get_build(session=fresh, project=project, build_id=build_id)
+        yield f"event: end\ndata: {ended.state}\n\n"
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}

@@ -1,18 +1,36 @@
 """Builds with the venv backend: a bundle becomes an environment, a code-only change reuses
 it, and every kind of failure ends in a clear failed state naming its step."""
 
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
-from services.builder.tests.conftest import SERVICE, Platform, greeter
+from services.builder.backends.processes import all_pids, process_alive
+from services.builder.tests.conftest import (
+    SERVICE,
+    Platform,
+    _remove_test_images,
+    greeter,
+    wait_for,
+)
 from services.registry.tests.support import tar_bundle, upload_version
 
 SLOW_TO_BUILD = pytest.mark.timeout(600)
 FAILING_STEP = "python -c \"print('boom'); raise SystemExit(3)\""
 
 
-async def build(platform: Platform, version: str, files: dict[str, str]) -> dict[str, Any]:
+async def request_build(platform: Platform, version: str, files: dict[str, str]) -> None:
     uploaded = await upload_version(
         platform.registry.client,
         version,
@@ -22,6 +40,10 @@ async def build(platform: Platform, version: str, files: dict[str, str]) -> dict
     assert uploaded.status_code == 201, uploaded.text
     started = await platform.registry.client.post(f"{SERVICE}/versions/{version}/build")
     assert started.status_code == 202, started.text
+
+
+async def build(platform: Platform, version: str, files: dict[str, str]) -> dict[str, Any]:
+    await request_build(platform, version, files)
     return await platform.wait_state(version, "built", "build_failed")
 
 
@@ -55,6 +77,167 @@ async def test_build_logs_stream_as_server_sent_events(platform: Platform) -> No
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert "data: build succeeded\n\n" in streamed.text
     assert streamed.text.endswith("event: end\ndata: succeeded\n\n")
+
+
+class _Server(uvicorn.Server):
+    """Leaves the test process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` (its lifespan already running) on a real socket: the in-process transport
+    hands a response over only once it is complete, so it cannot show a live stream."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "the server did not start"
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+class EventStream:
+    """A build log followed as Server-Sent Events: its lines, then the ``end`` event."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        self._lines = response.aiter_lines()
+        self.end: str | None = None
+
+    async def next_line(self) -> str | None:
+        """The next log line, or ``None`` once the stream ended (``end`` holds the state)."""
+        event = "message"
+        async for line in self._lines:
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                if event == "end":
+                    self.end = data
+                    return None
+                return data
+        return None
+
+    async def until(self, wanted: str) -> list[str]:
+        """The lines up to and including ``wanted``, or all of them if it never comes."""
+        seen = []
+        while (line := await self.next_line()) is not None:
+            seen.append(line)
+            if line == wanted:
+                break
+        return seen
+
+
+@SLOW_TO_BUILD
+async def test_build_logs_stream_live_while_the_build_runs(
+    platform: Platform, tmp_path: Path
+) -> None:
+    # The step prints a line, then waits for the test to open a gate: the build is still
+    # running when the first line must have reached the reader.
+    gate = tmp_path / "gate"
+    step = (
+        "python -c \"import os, time; print('waiting for the gate', flush=True); "
+        f"any(os.path.exists('{gate}') or time.sleep(0.1) for _ in range(3000)); "
+        "print('through the gate')\""
+    )
+    files = greeter(**{"modelcloud.yml": json.dumps({"build_steps": [step]})})
+    await request_build(platform, "1.0", files)
+    # Builds run one at a time: this one waits behind the gated one, and is followed from
+    # before it starts.
+    await request_build(platform, "1.1", files)
+
+    async def listed(version: str) -> str:
+        async def one() -> str | None:
+            builds = await platform.builds(version)
+            return str(builds[0]["id"]) if builds else None
+
+        found: str = await wait_for(one)
+        return found
+
+    running, queued = await listed("1.0"), await listed("1.1")
+    logs = "/v1/projects/vision/builds/{}/logs"
+    async with (
+        serving(platform.builder_app) as url,
+        httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": platform.builder.headers["Authorization"]},
+            timeout=httpx.Timeout(60, read=300),
+        ) as client,
+        client.stream("GET", logs.format(running), params={"follow": "true"}) as first,
+        client.stream("GET", logs.format(queued), params={"follow": "true"}) as second,
+    ):
+        live, behind = EventStream(first), EventStream(second)
+        before_gate = await live.until("waiting for the gate")
+        assert before_gate[-1] == "waiting for the gate", before_gate
+        states = {b["id"]: b["state"] for b in await platform.builds(None)}
+        assert (states[running], states[queued]) == ("running", "queued")
+        gate.touch()
+        after_gate = await live.until("build succeeded")
+        assert after_gate[0] == "through the gate"
+        assert after_gate[-1] == "build succeeded"
+        assert await live.next_line() is None
+        assert live.end == "succeeded"
+        followed = await behind.until("build succeeded")
+        assert "dependencies unchanged" in "\n".join(followed)
+        assert followed[-1] == "build succeeded"
+        assert await behind.next_line() is None
+        assert behind.end == "succeeded"
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker``."""
+    found = []
+    for pid in all_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and process_alive(pid):
+            found.append(pid)
+    return found
+
+
+@SLOW_TO_BUILD
+@pytest.mark.parametrize(("exit_code", "state"), [(4, "build_failed"), (0, "built")])
+async def test_a_step_leaves_none_of_its_processes_running(
+    platform: Platform, exit_code: int, state: str
+) -> None:
+    marker = f"leftover-{uuid.uuid4().hex}"
+    # Three children outlive the step: one keeps its output open, one writes nowhere, one
+    # left the step's session (setsid), as a daemon does.
+    step = (
+        'python -c "import subprocess as s, sys; '
+        f"c = [sys.executable, '-c', 'import time; time.sleep(300)', '{marker}']; "
+        "q = dict(stdout=s.DEVNULL, stderr=s.DEVNULL); "
+        "kids = [s.Popen(c), s.Popen(c, **q), s.Popen(c, start_new_session=True, **q)]; "
+        "print('children', *[k.pid for k in kids], flush=True); "
+        f'sys.exit({exit_code})"'
+    )
+    files = greeter(**{"modelcloud.yml": json.dumps({"build_steps": [step]})})
+    finished = await build(platform, "1.0", files)
+    assert finished["state"] == state, finished["state_detail"]
+    (record,) = await platform.builds("1.0")
+    log = await log_of(platform, record["id"])
+    assert re.search(r"^children \d+ \d+ \d+$", log, re.MULTILINE), log  # they did start
+    assert not processes_with(marker)
+
+
+def test_image_cleanup_without_a_docker_engine_does_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
+    _remove_test_images()  # the venv tests' teardown, on a machine without dockerd
 
 
 @SLOW_TO_BUILD

@@ -7,17 +7,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 
+from modelcloud_proto.events import Envelope, ReplicaRestarted
+from modelcloud_proto.specs import Device
 from services.builder.backends.processes import all_pids, process_environment
 from services.builder.backends.venv import OWNER_MARK, REPLICA_MARK
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import SERVICE, Platform, greeter, running_builder
+from services.builder.tests.conftest import (
+    SERVICE,
+    Platform,
+    greeter,
+    running_builder,
+    wait_for,
+)
 from services.builder.tests.test_builds import build
 from services.registry.tests.support import Registry
 
@@ -56,15 +64,6 @@ async def publish(platform: Platform, version: str, replicas: int = 1) -> dict[s
     return await platform.wait_state(version, "online", "publish_failed")
 
 
-async def wait_for(check: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError("timed out")
-
-
 async def test_replicas_serve_and_a_killed_one_comes_back(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,6 +83,14 @@ async def test_replicas_serve_and_a_killed_one_comes_back(
         assert not any(k.startswith(("BUILDER_", "REGISTRY_", "FILESTORE_")) for k in env)
         assert "secret-that-must-not-leak" not in "".join(env.values())
 
+    # What the event stream shows: every builder.replica.* event, as a consumer sees it.
+    replica_events: list[Envelope] = []
+
+    async def record(envelope: Envelope) -> None:
+        replica_events.append(envelope)
+
+    await platform.registry.bus.subscribe("test-replica-events", ["builder.replica.*"], record)
+
     victim = replicas[0]["address"]
     os.kill(pid_on_port(int(victim.rsplit(":", 1)[1])), signal.SIGKILL)
 
@@ -101,6 +108,22 @@ async def test_replicas_serve_and_a_killed_one_comes_back(
 
     await wait_for(registry_knows)
     assert await greet(fresh["address"], "grace") == "hello, grace"
+
+    async def reported() -> list[Envelope]:
+        return replica_events
+
+    (envelope,) = await wait_for(reported)
+    assert envelope.type == "builder.replica.restarted"
+    assert envelope.producer == "builder"
+    event = envelope.event()
+    assert isinstance(event, ReplicaRestarted)
+    assert event.version_id == UUID(online["id"])
+    assert event.replica.address == fresh["address"]
+    assert event.replica.pool is Device.CPU
+    assert event.previous_address == victim
+    assert event.restarts == 1
+    assert event.reason == "its process exited"
+    await platform.registry.bus.unsubscribe("test-replica-events")
 
     offline = await platform.registry.client.post(f"{SERVICE}/versions/1.0/offline")
     assert offline.status_code == 202

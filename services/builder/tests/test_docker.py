@@ -4,9 +4,9 @@ the code, containers as replicas, and the real example classifying a real photo.
 import docker
 import pytest
 
-from services.builder.tests.conftest import Platform, greeter
-from services.builder.tests.test_builds import build
-from services.builder.tests.test_deployments import greet, publish, wait_for
+from services.builder.tests.conftest import INDEX_URL, Platform, greeter, wait_for
+from services.builder.tests.test_builds import build, log_of
+from services.builder.tests.test_deployments import greet, publish
 from services.builder.tests.test_example import build_publish_and_classify
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -22,6 +22,9 @@ async def test_an_image_builds_a_code_change_reuses_its_layers_and_serves(
     assert second["state"] == "built", second["state_detail"]
     (new,) = await platform.builds("1.1")
     assert new["reused_environment"] is True  # no dependency step ran again
+    (old,) = await platform.builds("1.0")
+    # The package-index settings reached pip in the build ...
+    assert f"Looking in indexes: {INDEX_URL}" in await log_of(platform, old["id"])
 
     online = await publish(platform, "1.1")
     assert online["state"] == "online", online["state_detail"]
@@ -31,6 +34,10 @@ async def test_an_image_builds_a_code_change_reuses_its_layers_and_serves(
     client = docker.from_env()
     try:
         (container,) = client.containers.list(filters={"label": "io.modelcloud.replica"})
+        # ... and the replica does not see them (an index URL may hold credentials).
+        environment = dict(v.split("=", 1) for v in container.attrs["Config"]["Env"])
+        assert not [k for k in environment if k.startswith("PIP_")], environment
+        assert INDEX_URL not in "".join(environment.values())
         container.kill()
 
         async def restarted() -> str | None:
@@ -62,6 +69,21 @@ async def test_a_failing_step_in_an_image_build_names_it(docker_platform: Platfo
     (record,) = await docker_platform.builds("1.0")
     assert record["failed_step"] == step
     assert "boom" in record["reason"]
+
+
+async def test_a_model_whose_setup_raises_in_a_container_fails_to_publish(
+    docker_platform: Platform,
+) -> None:
+    platform = docker_platform
+    assert (await build(platform, "1.0", greeter(fail_setup="x")))["state"] == "built"
+    failed = await publish(platform, "1.0")
+    assert failed["state"] == "publish_failed"
+    assert "the weights file is corrupt" in failed["state_detail"]  # the container's output
+    client = docker.from_env()
+    try:
+        assert not client.containers.list(all=True, filters={"label": "io.modelcloud.replica"})
+    finally:
+        client.close()
 
 
 @pytest.mark.model

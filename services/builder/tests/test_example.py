@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from services.builder.tests.conftest import Platform
-from services.builder.tests.test_deployments import wait_for
+from services.builder.tests.conftest import Platform, wait_for
 from services.registry.tests.support import make_service, upload_version
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import Platform, greeter, running_builder
+from services.builder.tests.conftest import Platform, greeter, running_builder, wait_for
 from services.builder.tests.test_builds import build
-from services.builder.tests.test_deployments import greet, publish, replica_processes, wait_for
+from services.builder.tests.test_deployments import greet, publish, replica_processes
 from services.common.events.rabbitmq import RabbitBus
 from services.registry.settings import RegistrySettings
 from services.registry.tests.support import (
