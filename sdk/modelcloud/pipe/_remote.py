@@ -17,6 +17,7 @@ transfers the bytes come straight from S3, and files kept together in one object
 come down together, in one ranged request.
 """
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -26,18 +27,19 @@ import tarfile
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
 
 from modelcloud.pipe._center import CHUNK, FileAttributes, Progress
 from modelcloud.pipe._digests import DigestCache
+from modelcloud.pipe._objects import ObjectReader
 from modelcloud.pipe._paths import INTERNAL_PREFIX
 from modelcloud.pipe.errors import PipeError, PipeFileNotFound
 
@@ -46,6 +48,8 @@ _PACK_FILE_MAX = 1 << 20  # files up to this size travel in packs
 _PACK_BYTES = 16 << 20
 _PACK_SHA256 = "MODELCLOUD.sha256"
 _STREAM_MIN = 64 << 20  # files from this size, digest unknown, are hashed while sent
+_PIPELINE_MIN = 16 << 20  # pulls from this size are hashed and written in a second thread
+_BEHIND_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,11 @@ class RemoteCenter:
         # Presigned URLs carry their own authorization: never send the token to S3.
         self._s3 = httpx.Client(timeout=timeout, limits=limits, transport=transport)
         self._digests = digests or DigestCache()
+        self._objects = ObjectReader(timeout_s=300)
         # The seed's pipes are never closed explicitly: close the connections with the pipe.
-        self._closer = weakref.finalize(self, _close_all, self._http, self._s3, self._digests)
+        self._closer = weakref.finalize(
+            self, _close_all, self._http, self._s3, self._objects, self._digests
+        )
 
     def close(self) -> None:
         self._closer()
@@ -230,35 +237,27 @@ class RemoteCenter:
 
     def _upload_through(self, upload: _Upload, progress: Progress | None) -> _Stored:
         headers = {
-            "Content-Length": str(upload.size),
             "X-Modified-At": _mtime(upload.source),
             "Content-Type": "application/octet-stream",
         }
-        digest = None
+        content: Iterator[bytes]
         if upload.sha256 is None:
-            digest = hashlib.sha256()
+            # Hashed while sent: the digests follow the file's bytes (the service checks
+            # the SHA-256 against the bytes it received).
+            headers["X-File-Size"] = str(upload.size)
+            headers["Content-Length"] = str(upload.size + _TRAILER_SIZE)
+            content = _with_trailer(upload.source, upload.size, progress)
         else:
             headers["X-Content-SHA256"] = upload.sha256
-        url = f"{self._base}/files/{quote(upload.name)}"
+            headers["Content-Length"] = str(upload.size)
+            content = _chunks(upload.source, 0, upload.size, progress)
         try:
             response = self._http.put(
-                url,
-                content=_chunks(upload.source, 0, upload.size, progress, digest),
-                headers=headers,
+                f"{self._base}/files/{quote(upload.name)}", content=content, headers=headers
             )
         except httpx.HTTPError as exc:
             raise PipeError(f"cannot push {upload.name}: {exc}", upload.name) from exc
         stored: str = self._checked(response, upload.name).json()["sha256"]
-        if digest is None:
-            return [(upload.source, stored)]
-        if stored != digest.hexdigest():  # changed while it was read, or damaged on the way
-            with contextlib.suppress(httpx.HTTPError):
-                self._http.delete(url)
-            raise PipeError(
-                f"{upload.name} arrived different from what was read here (SHA-256 "
-                f"{stored} against {digest.hexdigest()}); was it being written? push it again",
-                upload.name,
-            )
         return [(upload.source, stored)]
 
     def _upload_pack(self, pack: list[_Upload], progress: Progress | None) -> _Stored:
@@ -387,12 +386,14 @@ class RemoteCenter:
 
     def _fetch_one(self, download: _Download, progress: Progress | None) -> None:
         name, url = download.name, download.url
-        client = self._http if url is None else self._s3
+        if url is not None:  # presigned: the link names the digest
+            with self._objects.get(url, name) as body:
+                _write_checked(download, download.sha256, body.chunks(CHUNK), progress)
+            return
         try:
-            with client.stream("GET", url or f"{self._base}/files/{quote(name)}") as response:
+            with self._http.stream("GET", f"{self._base}/files/{quote(name)}") as response:
                 self._checked(response, name)
-                # Presigned links name the digest; the service sends it along.
-                expected = download.sha256 or response.headers.get("x-content-sha256")
+                expected = response.headers.get("x-content-sha256")
                 _write_checked(download, expected, response.iter_bytes(CHUNK), progress)
         except httpx.HTTPError as exc:
             raise PipeError(f"cannot pull {name}: {exc}", name) from exc
@@ -405,32 +406,23 @@ class RemoteCenter:
             spans.setdefault((download.offset or 0, download.size), []).append(download)
         ordered = sorted(spans)
         first = ordered[0][0]
-        last = max(offset + size for offset, size in ordered)
-        first_name = group[0].name
-        try:
-            with contextlib.ExitStack() as stack:
-                chunks: Iterator[bytes] = iter(())
-                if last > first:
-                    response = stack.enter_context(
-                        self._s3.stream(
-                            "GET",
-                            group[0].url or "",
-                            headers={"Range": f"bytes={first}-{last - 1}"},
-                        )
-                    )
-                    self._checked(response, first_name)
-                    chunks = response.iter_bytes(CHUNK)
-                stream = _ByteStream(chunks)
-                position = first
-                for offset, size in ordered:
-                    stream.skip(offset - position)
-                    position = offset + size
-                    lead, *copies = spans[(offset, size)]
-                    _write_checked(lead, lead.sha256, stream.take(size, lead.name), progress)
-                    for copy in copies:
-                        _copy_into_place(lead.target, copy.target)
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot pull {first_name}: {exc}", first_name) from exc
+        end = max(offset + size for offset, size in ordered)
+        with contextlib.ExitStack() as stack:
+            chunks: Iterator[bytes] = iter(())
+            if end > first:
+                body = stack.enter_context(
+                    self._objects.get(group[0].url or "", group[0].name, first=first, last=end - 1)
+                )
+                chunks = body.chunks(CHUNK)
+            stream = _ByteStream(chunks)
+            position = first
+            for offset, size in ordered:
+                stream.skip(offset - position)
+                position = offset + size
+                lead, *copies = spans[(offset, size)]
+                _write_checked(lead, lead.sha256, stream.take(size, lead.name), progress)
+                for copy in copies:
+                    _copy_into_place(lead.target, copy.target)
 
     # ------------------------------------------------------------------ delete
 
@@ -452,9 +444,12 @@ class RemoteCenter:
         raise PipeError(f"{what}the file store answered {response.status_code}: {detail}", name)
 
 
-def _close_all(http: httpx.Client, s3: httpx.Client, digests: DigestCache) -> None:
+def _close_all(
+    http: httpx.Client, s3: httpx.Client, objects: ObjectReader, digests: DigestCache
+) -> None:
     http.close()
     s3.close()
+    objects.close()
     digests.close()
 
 
@@ -463,18 +458,48 @@ def _chunks(
     offset: int,
     length: int,
     progress: Progress | None,
-    digest: "hashlib._Hash | None" = None,
+    digests: "tuple[hashlib._Hash, ...]" = (),
 ) -> Iterator[bytes]:
-    with path.open("rb") as reader:
+    """The file's bytes from ``offset``; each chunk also goes to ``digests``, in a second
+    thread while it is being sent (hashlib lets go of the GIL)."""
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(path.open("rb"))
+        behind = None
+        if digests:
+            behind = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="push-hash"))
+
+        def update(chunk: bytes) -> None:
+            for digest in digests:
+                digest.update(chunk)
+
+        hashed: collections.deque[Future[None]] = collections.deque()
         reader.seek(offset)
         left = length
         while left > 0 and (chunk := reader.read(min(CHUNK, left))):
             left -= len(chunk)
-            if digest is not None:
-                digest.update(chunk)
+            if behind is not None:
+                hashed.append(behind.submit(update, chunk))
+                if len(hashed) > _BEHIND_CHUNKS:
+                    hashed.popleft().result()
             if progress is not None:
                 progress(len(chunk))
             yield chunk
+        if left > 0:
+            raise PipeError(f"{path} got shorter while it was sent; push it again", path.name)
+        while hashed:  # the digests are complete once the last chunk is hashed
+            hashed.popleft().result()
+
+
+_TRAILER = '{{"sha256":"{sha256}","md5":"{md5}"}}'
+_TRAILER_SIZE = len(_TRAILER.format(sha256="0" * 64, md5="0" * 32))
+
+
+def _with_trailer(path: Path, size: int, progress: Progress | None) -> Iterator[bytes]:
+    """The file's bytes, then its SHA-256 and MD5 as the file store's upload trailer."""
+    sha256 = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)
+    yield from _chunks(path, 0, size, progress, (sha256, md5))
+    yield _TRAILER.format(sha256=sha256.hexdigest(), md5=md5.hexdigest()).encode()
 
 
 def _write_checked(
@@ -490,11 +515,14 @@ def _write_checked(
     digest = hashlib.sha256()
     try:
         with temporary.open("wb") as writer:
-            for chunk in chunks:
-                digest.update(chunk)
-                writer.write(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+            if download.size >= _PIPELINE_MIN:
+                _hash_and_write_behind(chunks, digest, writer, progress)
+            else:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
         if expected and digest.hexdigest() != expected:
             raise PipeError(
                 f"{download.name} arrived damaged (SHA-256 mismatch); pull it again",
@@ -503,6 +531,35 @@ def _write_checked(
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _hash_and_write_behind(
+    chunks: Iterator[bytes | memoryview],
+    digest: "hashlib._Hash",
+    writer: BinaryIO,
+    progress: Progress | None,
+) -> None:
+    """Hash and write each chunk in a second thread while the next one is read from the
+    network (both let go of the GIL), a few MiB behind at most."""
+
+    def take(chunk: bytes | memoryview) -> None:
+        digest.update(chunk)
+        writer.write(chunk)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pull-write") as behind:
+        pending: collections.deque[Future[None]] = collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(behind.submit(take, chunk))
+                if len(pending) > _BEHIND_CHUNKS:
+                    pending.popleft().result()
+                if progress is not None:
+                    progress(len(chunk))
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _copy_into_place(source: Path, target: Path) -> None:

@@ -8,6 +8,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, Path, Request, status
 from fastapi.responses import StreamingResponse
 
+from services.common.problems import InvalidInput
 from services.filestore.deps import SessionDep, access_to
 from services.filestore.files import service
 from services.filestore.files.models import FileRead, LinkRequest, LinkResult
@@ -52,10 +53,16 @@ async def upload(
     sha256: Sha256 = None,
     content_length: Annotated[int | None, Header()] = None,
     modified_at: Annotated[datetime | None, Header(alias="X-Modified-At")] = None,
+    file_size: Annotated[int | None, Header(alias="X-File-Size", ge=0)] = None,
 ) -> FileRead:
     """Store the body as ``path``. ``X-Content-SHA256``, when given, must match it or nothing
-    is kept; without it the file is recorded under the digest computed here, which the
-    answer carries (compare it with your own)."""
+    is kept. With ``X-File-Size: N`` instead, the body is the file's N bytes followed by its
+    digests as JSON, ``{"sha256": "<hex>", "md5": "<hex>"}`` (for a client that hashes the
+    file while sending it); the SHA-256 must match, the MD5 is recorded as the file's
+    ``crc``. With neither, the file is recorded under the SHA-256 computed here, which the
+    answer carries."""
+    if sha256 is not None and file_size is not None:
+        raise InvalidInput("X-File-Size", "give the SHA-256 before the body or after it, not both")
     check_file_path(path)
     access = await access_to(request, project, "write")
     state = request.app.state
@@ -70,6 +77,7 @@ async def upload(
         modified_at=modified_at,
         user=access.user,
         max_bytes=state.settings.max_file_bytes,
+        trailer_after=file_size,
     )
 
 

@@ -3,9 +3,12 @@
 An upload streams into the blob store while its SHA-256 is computed (memory stays flat);
 the blob becomes readable, and the path is recorded, only once the digest the client
 declared has been checked: a mismatch, a truncated body or an oversize one commits nothing.
-A client may also leave the digest out (a large file is then sent while it is still being
-hashed, instead of read twice): the file is recorded under the digest computed here, which
-the answer carries for the client to compare with its own.
+A client that has not read a large file yet may send its digests after it instead (a
+*trailer*, as S3's own chunked uploads carry checksums after the data): the file is then
+hashed once, while it is sent, and the SHA-256 is checked all the same. The trailer's MD5
+(the pipe's ``crc``, a change marker, not the content's identity) is recorded as the
+uploader computed it, which spares the file store its slowest pass over every byte. Without
+any digest, the file is recorded under the SHA-256 computed here, which the answer carries.
 """
 
 import asyncio
@@ -17,10 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio.to_thread
+from pydantic import BaseModel, ValidationError
+from pydantic import Field as PydanticField
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from modelcloud_proto.problem import FieldError
 from services.common.problems import InvalidInput, NotFound, PayloadTooLarge
 from services.filestore.blobs.store import CHUNK, BlobStore, Placement
 from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
@@ -28,6 +34,14 @@ from services.filestore.files.placements import is_stored, place, read_blob
 
 Where = tuple[str, str, str]  # project, model, version
 _MD5_POOL = ThreadPoolExecutor(4, thread_name_prefix="md5")
+TRAILER_MAX = 1024
+
+
+class DigestTrailer(BaseModel):
+    """What follows a file's bytes in an upload that announced ``X-File-Size``."""
+
+    sha256: str = PydanticField(pattern=r"^[0-9a-f]{64}$")
+    md5: str = PydanticField(pattern=r"^[0-9a-f]{32}$")
 
 
 async def list_models(*, session: AsyncSession, project: str) -> list[str]:
@@ -60,9 +74,12 @@ async def upload(
     modified_at: datetime | None,
     user: str,
     max_bytes: int,
+    trailer_after: int | None = None,
 ) -> FileRead:
     """Stream the body into the blob store while hashing it; the content becomes readable,
-    and the path is recorded, only if the digest and size match what was declared."""
+    and the path is recorded, only if the digest and size match what was declared, before
+    the body or, with ``trailer_after`` (the file's size), in a :class:`DigestTrailer` after
+    that many bytes."""
     known = declared_sha256 is not None and await is_stored(session, blobs, declared_sha256)
     writer = (
         None
@@ -73,6 +90,7 @@ async def upload(
     sha256 = hashlib.sha256()
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
+    trailer = bytearray()
     batch: list[bytes] = []
     batched = 0
     in_flight: asyncio.Future[None] | None = None
@@ -84,7 +102,7 @@ async def upload(
     def consume(chunks: list[bytes]) -> None:  # in a worker thread: hashing 1 MiB takes ms
         # MD5 (the slowest of the three passes) runs beside the SHA-256 and the sending:
         # hashlib lets go of the GIL.
-        md5_done = _MD5_POOL.submit(digest_md5, chunks)
+        md5_done = _MD5_POOL.submit(digest_md5, [] if trailer_after is not None else chunks)
         for data in chunks:
             sha256.update(data)
             if writer is not None:
@@ -99,7 +117,7 @@ async def upload(
         in_flight = asyncio.ensure_future(anyio.to_thread.run_sync(consume, chunks))
 
     try:
-        async for chunk in body:
+        async for chunk in _file_part(body, trailer_after, trailer):
             size += len(chunk)
             if size > max_bytes:
                 raise PayloadTooLarge(f"{path} is larger than {max_bytes} bytes")
@@ -111,13 +129,19 @@ async def upload(
         await hand_over(batch)
         if in_flight is not None:
             await in_flight
-        if declared_size is not None and size != declared_size:
-            raise InvalidInput("body", f"{path}: received {size} of {declared_size} bytes")
+        expected_size = declared_size if trailer_after is None else trailer_after
+        if expected_size is not None and size != expected_size:
+            raise InvalidInput("body", f"{path}: received {size} of {expected_size} bytes")
+        declared_md5 = None
+        if trailer_after is not None:
+            declared = _read_trailer(path, trailer)
+            declared_sha256, declared_md5 = declared.sha256, declared.md5
         digest = sha256.hexdigest()
         if declared_sha256 is not None and digest != declared_sha256:
-            raise InvalidInput("X-Content-SHA256", f"{path}: the content's SHA-256 is {digest}")
+            field = "X-Content-SHA256" if trailer_after is None else "trailer.sha256"
+            raise InvalidInput(field, f"{path}: the content's SHA-256 is {digest}")
         if writer is not None:
-            if declared_sha256 is None and await is_stored(session, blobs, digest):
+            if not known and await is_stored(session, blobs, digest):
                 await anyio.to_thread.run_sync(writer.abort)  # stored once is enough
             else:
                 placed = await anyio.to_thread.run_sync(writer.commit, digest)
@@ -129,12 +153,44 @@ async def upload(
             if writer is not None:
                 await anyio.to_thread.run_sync(writer.abort)
         raise
-    content = Content(digest, md5.hexdigest(), size)
+    content = Content(digest, declared_md5 or md5.hexdigest(), size)
     if placed is not None:
         place(session, digest, Placement(placed, 0, size))
     entry = await record(session, where, path, content, modified_at, user)
     await session.commit()
     return to_read(entry)
+
+
+async def _file_part(
+    body: AsyncIterator[bytes], file_size: int | None, trailer: bytearray
+) -> AsyncIterator[bytes]:
+    """The file's bytes of a body; with ``file_size``, what comes after goes to ``trailer``."""
+    received = 0
+    async for chunk in body:
+        if file_size is None:
+            yield chunk
+            continue
+        room = file_size - received
+        if room > 0:
+            part = chunk if len(chunk) <= room else chunk[:room]
+            received += len(part)
+            yield part
+            chunk = chunk[len(part) :]
+        if chunk:
+            trailer.extend(chunk)
+            if len(trailer) > TRAILER_MAX:
+                raise InvalidInput("body", f"the digest trailer is over {TRAILER_MAX} bytes")
+
+
+def _read_trailer(path: str, trailer: bytearray) -> DigestTrailer:
+    try:
+        return DigestTrailer.model_validate_json(bytes(trailer))
+    except ValidationError as exc:
+        errors = [
+            FieldError(field="trailer" + "".join(f".{x}" for x in e["loc"]), message=e["msg"])
+            for e in exc.errors()
+        ]
+        raise InvalidInput(errors=errors) from None
 
 
 async def link(

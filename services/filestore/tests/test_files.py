@@ -2,6 +2,7 @@
 unchanged files that send nothing, refused names, and project roles from the registry."""
 
 import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -217,3 +218,42 @@ async def test_a_path_named_twice_in_one_link_is_linked_once(stack: Stack) -> No
     linked = await stack.files.post(f"{BASE}/link", json={"files": items})
     assert linked.status_code == 200, linked.text
     assert (await stack.files.get(f"{BASE}/files/x.bin")).content == second
+
+
+def with_trailer(data: bytes, *, sha256: str | None = None, md5: str | None = None) -> bytes:
+    digests = {
+        "sha256": sha256 or sha(data),
+        "md5": md5 or hashlib.md5(data, usedforsecurity=False).hexdigest(),
+    }
+    return data + json.dumps(digests).encode()
+
+
+async def test_digests_after_the_bytes_are_checked_before_anything_is_kept(stack: Stack) -> None:
+    data = b"w" * 50_000
+    url = f"{BASE}/files/w.bin"
+    size = {"X-File-Size": str(len(data))}
+    wrong = await stack.files.put(url, content=with_trailer(data, sha256=sha(b"x")), headers=size)
+    assert wrong.status_code == 422
+    assert wrong.json()["errors"][0]["field"] == "trailer.sha256"
+    for body, field in [
+        (data + b"not json", "trailer"),
+        (data + b'{"sha256": "' + sha(data).encode() + b'"}', "trailer.md5"),
+        (data + b" " * 2000, "body"),
+    ]:
+        refused = await stack.files.put(url, content=body, headers=size)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == field
+    short = await stack.files.put(url, content=data[:100], headers=size)
+    assert short.status_code == 422
+    both = await stack.files.put(
+        url, content=with_trailer(data), headers={**size, "X-Content-SHA256": sha(data)}
+    )
+    assert both.status_code == 422
+    assert (await stack.files.get(f"{BASE}/files")).json() == []
+    assert blob_count(stack) == 0
+
+    stored = await stack.files.put(url, content=with_trailer(data, md5="f" * 32), headers=size)
+    assert stored.status_code == 201, stored.text
+    # The SHA-256 is the content's, checked; the MD5 (the pipe's crc) is the uploader's.
+    assert (stored.json()["sha256"], stored.json()["md5"]) == (sha(data), "f" * 32)
+    assert (await stack.files.get(url)).content == data
