@@ -148,12 +148,17 @@ def uploads_so_far(filestore: str) -> float:
     )
 
 
-def test_the_seed_snippets_run_against_the_file_store(
-    platform: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def use_platform(platform: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the pipe at the platform, as a user's environment would."""
     for key, value in platform.items():
         if key.startswith("MODELCLOUD_"):
             monkeypatch.setenv(key, value)
+
+
+def test_the_seed_snippets_run_against_the_file_store(
+    platform: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_platform(platform, monkeypatch)
     monkeypatch.chdir(tmp_path)
     Path("model.db").write_bytes(b"weights" * 10_000)
     workspace = Path("local_model_workspace")
@@ -202,9 +207,7 @@ def test_the_seed_snippets_run_against_the_file_store(
 def test_a_large_file_is_hashed_while_sent_and_remembered(
     platform: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in platform.items():
-        if key.startswith("MODELCLOUD_"):
-            monkeypatch.setenv(key, value)
+    use_platform(platform, monkeypatch)
     monkeypatch.setattr(remote, "_STREAM_MIN", 1 << 20)  # "large" from 1 MiB, for speed
     read_first: list[Path] = []
     hash_file = remote._sha256

@@ -160,6 +160,9 @@ class RemoteCenter:
     # ------------------------------------------------------------------ push
 
     def store(self, files: list[tuple[Path, str]], progress: Progress | None) -> None:
+        if not files:
+            return
+        self._limits  # noqa: B018 - asked once, before the workers need it
         sizes = [source.stat().st_size for source, _ in files]
         with ThreadPoolExecutor(self._workers) as pool:
             digests = list(

@@ -31,6 +31,22 @@ def pack(files: dict[str, bytes], *, digests: dict[str, str] | None = None) -> b
     return buffer.getvalue()
 
 
+def sparse_pack() -> bytes:
+    """A sparse member (3 bytes stored, 10 read back): its bytes in the pack are not the
+    file, so it could not be read back as a range of the pack."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("sparse.bin")
+        info.size = 3
+        info.pax_headers = {
+            "GNU.sparse.map": "0,3",
+            "GNU.sparse.size": "10",
+            PACK_SHA256: sha(b"abc" + bytes(7)),
+        }
+        archive.addfile(info, io.BytesIO(b"abc"))
+    return buffer.getvalue()
+
+
 async def send_pack(stack: Stack, body: bytes, **headers: str) -> httpx.Response:
     return await stack.files.post(
         f"{BASE}/packs", content=body, headers={"Content-Type": "application/x-tar", **headers}
@@ -100,6 +116,7 @@ async def test_a_pack_stores_every_file_in_one_request(stack: Stack) -> None:
         (pack({"ok.py": b"x", "../escape.py": b"y"}), "path"),
         (pack({"ok.py": b"x", "/etc/passwd": b"y"}), "path"),
         (b"this is not a tar archive" * 40, "body"),
+        (sparse_pack(), "pack[0]"),
     ],
 )
 async def test_a_bad_pack_stores_nothing(stack: Stack, body: bytes, field: str) -> None:

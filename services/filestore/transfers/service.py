@@ -242,6 +242,9 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
                 if not info.isreg():
                     errors.append(FieldError(field=field, message=f"{info.name}: not a file"))
                     continue
+                if info.issparse():  # its bytes in the pack are not the file's: no placement
+                    errors.append(FieldError(field=field, message=f"{info.name}: a sparse file"))
+                    continue
                 check_file_path(info.name)
                 if info.name in seen:
                     errors.append(FieldError(field=field, message=f"{info.name}: sent twice"))
