@@ -1,10 +1,11 @@
 """Reading objects from S3 by presigned URL, with the standard library's HTTP client.
 
-Large pulls spend most of their client CPU in the HTTP client: httpx (h11 underneath)
-parses and buffers a body in Python, about twice the CPU per byte of ``http.client``, which
-reads straight into each chunk (bench/RESULTS.md, issue 4). Presigned URLs need nothing
-else from a client (no auth, no redirects, no cookies), so they are read this way; each
-thread keeps one connection per host.
+Large pulls spent most of their client CPU in the HTTP client: httpx (h11 underneath)
+parses and buffers a body in Python, where ``http.client`` reads straight into each chunk.
+A 1 GiB pull cost the pipe's client 3.8 CPU seconds through httpx and 1.8 this way, the
+SHA-256 check included (bench/RESULTS.md, issue 4). Presigned URLs need nothing else from
+a client (no auth, no redirects, no cookies), so they are read this way; each thread keeps
+one connection per host.
 """
 
 import http.client
