@@ -6,7 +6,6 @@ to their own files.
 """
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +26,6 @@ class LocalBlobs:
 
     def exists(self, sha256: str) -> bool:
         return (self.root / blob_key(sha256)).is_file()
-
-    def put(self, path: Path, sha256: str) -> None:
-        target = self.root / blob_key(sha256)
-        if target.is_file():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f".tmp-{uuid.uuid4().hex}"
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, target)
 
     def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
         with path.open("rb") as pack:

@@ -111,15 +111,6 @@ class S3Blobs:
             raise
         return True
 
-    def put(self, path: Path, sha256: str) -> None:
-        # Content-addressed: writing known content again changes nothing, and for a small
-        # file one PUT costs less than asking first.
-        if path.stat().st_size < _TRANSFER.multipart_threshold:
-            with path.open("rb") as body:
-                self.client.put_object(Bucket=self.bucket, Key=blob_key(sha256), Body=body)
-        elif not self.exists(sha256):
-            self.client.upload_file(str(path), self.bucket, blob_key(sha256), Config=_TRANSFER)
-
     def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
         key = f"{PACKS_PREFIX}{uuid.uuid4()}"
         self.client.upload_file(str(path), self.bucket, key, Config=_TRANSFER)

@@ -115,9 +115,6 @@ class BlobStore(Protocol):
         """Stream content in for ``sha256``, or for a digest only known at the end (None);
         the caller checks the digest before commit."""
 
-    def put(self, path: Path, sha256: str) -> None:
-        """Store a verified file under its digest; storing known content again is a no-op."""
-
     def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
         """Store the verified blobs of a pack file: each under its digest (returns None), or
         the file whole as one object whose key it returns (the members then lie in it)."""
