@@ -1,8 +1,10 @@
 """Blobs in an S3 bucket (AWS, MinIO, Ceph: any S3 endpoint), through boto3.
 
-Uploads through the service use boto3's managed transfer: multipart above 64 MiB, parts
-sent in parallel, and a failed multipart upload is aborted by boto3 itself, so no orphaned
-parts are left behind.
+An upload through the service becomes a multipart upload while its body still arrives:
+parts of 8 MiB or more go to S3 a few at a time, each with a CRC32 that S3 checks, and the
+upload is completed only once the file store has checked the digest, else aborted, so no
+unchecked content becomes visible and no parts are left behind. A pack goes up with boto3's
+managed transfer.
 
 Content whose digest is only known once the last byte has arrived streams into an object
 of its own under ``objects/`` (S3 cannot rename it afterwards), and a pack of small files is
@@ -12,7 +14,8 @@ those blobs lie and reads them back as byte ranges.
 Direct transfers (presigned URLs) stage the client's bytes under ``incoming/``, read them
 back to check the declared SHA-256 (S3-compatible servers differ in which checksums they
 enforce, so the service trusts none), then copy them server-side to their content address.
-A bucket lifecycle rule drops anything a client staged and never completed after a day.
+Bucket lifecycle rules drop what a client staged and never completed, and the parts of
+any multipart upload left unfinished, after a day.
 """
 
 import base64
