@@ -24,7 +24,7 @@ from services.builder.tests.conftest import (  # noqa: F401 - a fixture used her
     _remove_test_images,
     docker_base_image,
 )
-from services.registry.tests.support import POSTGRES, RABBITMQ
+from services.registry.tests.support import POSTGRES, RABBITMQ, postgres_databases
 from tests.e2e.test_platform_embedded import greeter_folder
 
 pytestmark = [
@@ -44,20 +44,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def _databases(action: str, names: list[str]) -> None:
-    import asyncpg
-
-    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
-    try:
-        for name in names:
-            if action == "create":
-                await admin.execute(f'CREATE DATABASE "{name}"')
-            else:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @dataclass
@@ -123,7 +109,7 @@ def admin_token(env: dict[str, str], name: str) -> str:
 @pytest.fixture
 def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # noqa: F811
     names = {s: f"mc_e2e_{s}_{uuid.uuid4().hex[:8]}" for s in ("registry", "builder", "files")}
-    asyncio.run(_databases("create", list(names.values())))
+    asyncio.run(postgres_databases("create", list(names.values())))
     server = POSTGRES.split("://", 1)[1]
     database = {s: f"postgresql+asyncpg://{server}/{n}" for s, n in names.items()}
     ports = {s: free_port() for s in ("gateway", "registry", "builder", "filestore", "s3")}
@@ -194,7 +180,7 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
                     stack.stop(name)
         s3.terminate()
         s3.wait(timeout=30)
-        asyncio.run(_databases("drop", list(names.values())))
+        asyncio.run(postgres_databases("drop", list(names.values())))
         _remove_test_images()
 
 

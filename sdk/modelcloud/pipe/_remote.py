@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -188,7 +188,7 @@ class RemoteCenter:
             elif progress is not None:
                 progress(size)
         jobs = self._upload_jobs(uploads, progress)
-        stored = [(source, digest) for (source, _), digest in known]
+        stored = [(source, digest) for (source, name), digest in known if name not in missing]
         with ThreadPoolExecutor(self._workers) as pool:
             for future in [pool.submit(job) for job in jobs]:
                 stored.extend(future.result())
@@ -456,6 +456,34 @@ def _close_all(
     digests.close()
 
 
+class _Behind:
+    """Work on each chunk done in order in a second thread, while the caller moves on to the
+    next one (hashlib and file writes let go of the GIL), a few chunks behind at most."""
+
+    def __init__(self, work: Callable[[bytes | memoryview], None], name: str) -> None:
+        self._work = work
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pending: collections.deque[Future[None]] = collections.deque()
+
+    def __call__(self, chunk: bytes | memoryview) -> None:
+        self._pending.append(self._pool.submit(self._work, chunk))
+        if len(self._pending) > _BEHIND_CHUNKS:
+            self._pending.popleft().result()
+
+    def finish(self) -> None:
+        """Wait until every chunk handed over is done (and raise what the work raised)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "_Behind":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
 def _chunks(
     path: Path,
     offset: int,
@@ -464,33 +492,25 @@ def _chunks(
     digests: "tuple[hashlib._Hash, ...]" = (),
 ) -> Iterator[bytes]:
     """The file's bytes from ``offset``; each chunk also goes to ``digests``, in a second
-    thread while it is being sent (hashlib lets go of the GIL)."""
-    with contextlib.ExitStack() as stack:
-        reader = stack.enter_context(path.open("rb"))
-        behind = None
-        if digests:
-            behind = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="push-hash"))
+    thread while it is being sent."""
 
-        def update(chunk: bytes) -> None:
-            for digest in digests:
-                digest.update(chunk)
+    def update(chunk: bytes | memoryview) -> None:
+        for digest in digests:
+            digest.update(chunk)
 
-        hashed: collections.deque[Future[None]] = collections.deque()
+    with path.open("rb") as reader, _Behind(update, "push-hash") as hash_behind:
         reader.seek(offset)
         left = length
         while left > 0 and (chunk := reader.read(min(CHUNK, left))):
             left -= len(chunk)
-            if behind is not None:
-                hashed.append(behind.submit(update, chunk))
-                if len(hashed) > _BEHIND_CHUNKS:
-                    hashed.popleft().result()
+            if digests:
+                hash_behind(chunk)
             if progress is not None:
                 progress(len(chunk))
             yield chunk
         if left > 0:
             raise PipeError(f"{path} got shorter while it was sent; push it again", path.name)
-        while hashed:  # the digests are complete once the last chunk is hashed
-            hashed.popleft().result()
+        hash_behind.finish()  # the digests are complete once the last chunk is hashed
 
 
 _TRAILER = '{{"sha256":"{sha256}","md5":"{md5}"}}'
@@ -518,14 +538,19 @@ def _write_checked(
     digest = hashlib.sha256()
     try:
         with temporary.open("wb") as writer:
-            if download.size >= _PIPELINE_MIN:
-                _hash_and_write_behind(chunks, digest, writer, progress)
-            else:
+
+            def take(chunk: bytes | memoryview) -> None:
+                digest.update(chunk)
+                writer.write(chunk)
+
+            # A large pull is hashed and written while the next chunk comes from the network.
+            with _Behind(take, "pull-write") as take_behind:
+                handle = take_behind if download.size >= _PIPELINE_MIN else take
                 for chunk in chunks:
-                    digest.update(chunk)
-                    writer.write(chunk)
+                    handle(chunk)
                     if progress is not None:
                         progress(len(chunk))
+                take_behind.finish()
         if expected and digest.hexdigest() != expected:
             raise PipeError(
                 f"{download.name} arrived damaged (SHA-256 mismatch); pull it again",
@@ -534,35 +559,6 @@ def _write_checked(
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _hash_and_write_behind(
-    chunks: Iterator[bytes | memoryview],
-    digest: "hashlib._Hash",
-    writer: BinaryIO,
-    progress: Progress | None,
-) -> None:
-    """Hash and write each chunk in a second thread while the next one is read from the
-    network (both let go of the GIL), a few MiB behind at most."""
-
-    def take(chunk: bytes | memoryview) -> None:
-        digest.update(chunk)
-        writer.write(chunk)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="pull-write") as behind:
-        pending: collections.deque[Future[None]] = collections.deque()
-        try:
-            for chunk in chunks:
-                pending.append(behind.submit(take, chunk))
-                if len(pending) > _BEHIND_CHUNKS:
-                    pending.popleft().result()
-                if progress is not None:
-                    progress(len(chunk))
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _copy_into_place(source: Path, target: Path) -> None:

@@ -81,6 +81,7 @@ async def upload(
     the body or, with ``trailer_after`` (the file's size), in a :class:`DigestTrailer` after
     that many bytes."""
     known = declared_sha256 is not None and await is_stored(session, blobs, declared_sha256)
+    placed_writer = declared_sha256 is None
     writer = (
         None
         if known
@@ -102,12 +103,13 @@ async def upload(
     def consume(chunks: list[bytes]) -> None:  # in a worker thread: hashing 1 MiB takes ms
         # MD5 (the slowest of the three passes) runs beside the SHA-256 and the sending:
         # hashlib lets go of the GIL.
-        md5_done = _MD5_POOL.submit(digest_md5, [] if trailer_after is not None else chunks)
+        md5_done = None if trailer_after is not None else _MD5_POOL.submit(digest_md5, chunks)
         for data in chunks:
             sha256.update(data)
             if writer is not None:
                 writer.write(data)
-        md5_done.result()
+        if md5_done is not None:
+            md5_done.result()
 
     async def hand_over(chunks: list[bytes]) -> None:
         # One batch is hashed and sent while the next one arrives; never two at once.
@@ -141,7 +143,9 @@ async def upload(
             field = "X-Content-SHA256" if trailer_after is None else "trailer.sha256"
             raise InvalidInput(field, f"{path}: the content's SHA-256 is {digest}")
         if writer is not None:
-            if not known and await is_stored(session, blobs, digest):
+            # Bytes streamed before their digest was known lie in an object of their own:
+            # content stored meanwhile (or before) is kept once.
+            if placed_writer and await is_stored(session, blobs, digest):
                 await anyio.to_thread.run_sync(writer.abort)  # stored once is enough
             else:
                 placed = await anyio.to_thread.run_sync(writer.commit, digest)
@@ -244,6 +248,18 @@ async def _entries(session: AsyncSession, where: Where) -> list[FileEntry]:
     return list((await session.exec(query)).all())
 
 
+async def entries_at(session: AsyncSession, where: Where, paths: list[str]) -> dict[str, FileEntry]:
+    """The entries of those of ``paths`` that exist, by path, in one query."""
+    project, model, version = where
+    query = select(FileEntry).where(
+        FileEntry.project == project,
+        FileEntry.model == model,
+        FileEntry.version == version,
+        col(FileEntry.path).in_(paths),
+    )
+    return {entry.path: entry for entry in (await session.exec(query)).all()}
+
+
 async def entry_or_404(session: AsyncSession, where: Where, path: str) -> FileEntry:
     project, model, version = where
     query = select(FileEntry).where(
@@ -303,13 +319,7 @@ async def record_many(
     for all of them, however many)."""
     project, model, version = where
     now = datetime.now(UTC)
-    query = select(FileEntry).where(
-        FileEntry.project == project,
-        FileEntry.model == model,
-        FileEntry.version == version,
-        col(FileEntry.path).in_([path for path, _, _ in files]),
-    )
-    existing = {entry.path: entry for entry in (await session.exec(query)).all()}
+    existing = await entries_at(session, where, [path for path, _, _ in files])
     entries = []
     for path, content, modified_at in files:
         entry = existing.get(path)

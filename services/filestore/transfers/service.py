@@ -21,7 +21,7 @@ import anyio.to_thread
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
-from services.common.problems import Conflict, InvalidInput, PayloadTooLarge
+from services.common.problems import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from services.filestore.blobs.s3 import STAGING_PREFIX
 from services.filestore.blobs.store import (
     BlobStore,
@@ -36,7 +36,7 @@ from services.filestore.files.placements import locate, place
 from services.filestore.files.service import (
     Content,
     Where,
-    entry_or_404,
+    entries_at,
     record,
     record_many,
     to_read,
@@ -160,10 +160,12 @@ async def download_links(
     paths: list[str],
 ) -> DownloadLinks:
     direct = _direct(blobs, settings.direct_downloads, "downloads")
-    entries = []
     for path in paths:
         check_file_path(path)
-        entries.append(await entry_or_404(session, where, path))
+    found = await entries_at(session, where, paths)
+    if missing := [path for path in paths if path not in found]:
+        raise NotFound(f"{missing[0]} is not in {where[1]}/{where[2]}")
+    entries = [found[path] for path in paths]
     placements = await locate(session, {e.sha256 for e in entries})
     expires_s = settings.presign_expires_s
     object_urls: dict[str, str] = {}  # one URL per pack, so clients can group by it

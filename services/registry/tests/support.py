@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI
@@ -107,16 +107,27 @@ async def upload_version(
     )
 
 
+async def postgres_databases(action: Literal["create", "drop"], names: list[str]) -> None:
+    """Create or drop PostgreSQL databases (dropping one that is in use, or gone, is fine)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
+    try:
+        for name in names:
+            if action == "create":
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            else:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @asynccontextmanager
 async def fresh_postgres_database() -> AsyncIterator[str]:
     """A new PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
-    import asyncpg
-
     name = f"mc_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
+    await postgres_databases("create", [name])
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         yield f"postgresql+asyncpg://{POSTGRES.split('://', 1)[1]}/{name}"
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await postgres_databases("drop", [name])
