@@ -26,14 +26,16 @@ class FilestoreSettings(ServiceSettings):
         default=True, description="presigned S3 downloads (clients can reach S3)"
     )
     direct_uploads: bool = Field(
-        default=False,
-        description="offer presigned S3 uploads for large files; the service then re-reads "
-        "each one to check it, and copies it to its content address",
+        default=True,
+        description="offer presigned S3 uploads for large files (clients can reach S3): the "
+        "bytes skip the file store, which checks the CRC32s S3 computed",
     )
     direct_min_bytes: int = Field(
         default=32 << 20, ge=1, description="files from this size go straight to S3"
     )
-    part_size: int = Field(default=16 << 20, ge=5 << 20, le=5 << 30)
+    part_size: int = Field(
+        default=8 << 20, ge=5 << 20, le=5 << 30, description="direct uploads: bytes per part"
+    )
     presign_expires_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     pack_max_bytes: int = Field(default=64 << 20, ge=1, description="largest upload pack")
     pack_max_files: int = Field(default=1000, ge=1)

@@ -9,14 +9,17 @@ read again either. What is missing travels, several transfers at a time, by size
 * the rest stream through the service, which checks the digest before keeping anything;
   a large file whose digest is not known yet is sent while it is hashed (not read twice),
   and the digest the service computed must match the one computed here;
-* or, when the store offers it, large files go straight to S3 through presigned URLs (in
-  parallel parts), and the service re-reads them to check the digest before keeping them.
+* or, when the store offers it (S3), large files go straight to S3 in parts, several at
+  a time, each under a URL the service signed with the part's CRC32; the file is hashed
+  while its parts travel, and the service keeps it only if the size and the CRC32s that
+  S3 computed match (it never reads the bytes; every pull checks the SHA-256).
 
 Pulls stream to a temporary file, check the digest, and rename into place; with direct
 transfers the bytes come straight from S3, and files kept together in one object (a pack)
 come down together, in one ranged request.
 """
 
+import base64
 import collections
 import contextlib
 import hashlib
@@ -26,6 +29,7 @@ import shutil
 import tarfile
 import uuid
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +54,7 @@ _PACK_SHA256 = "MODELCLOUD.sha256"
 _STREAM_MIN = 64 << 20  # files from this size, digest unknown, are hashed while sent
 _PIPELINE_MIN = 16 << 20  # pulls from this size are hashed and written in a second thread
 _BEHIND_CHUNKS = 8
+_PARTS_IN_FLIGHT = 6  # parts of one direct upload held and sent at once
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,27 @@ _Stored = list[tuple[Path, str]]  # files stored, with their digests
 
 
 def _digest(upload: _Upload) -> str:
-    if upload.sha256 is None:  # pragma: no cover - such files are routed through the service
+    if upload.sha256 is None:  # pragma: no cover - such files are never packed
         raise PipeError(f"{upload.name}: sent before its digest was known", upload.name)
     return upload.sha256
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of a direct upload: its number (from 1), CRC32 (base64) and bytes."""
+
+    number: int
+    crc32: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _SentParts:
+    """What a direct upload read and sent: the digests, and each part's (ETag, CRC32)."""
+
+    sha256: str
+    md5: str
+    parts: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -199,10 +222,13 @@ class RemoteCenter:
         source = file[0]
         if (digest := self._digests.known(source)) is not None:
             return digest
-        limits = self._limits
-        if size >= _STREAM_MIN and not (limits.direct_uploads and size >= limits.direct_min_bytes):
+        if size >= _STREAM_MIN or self._goes_direct(size):
             return None
         return _sha256(source)
+
+    def _goes_direct(self, size: int) -> bool:
+        limits = self._limits
+        return limits.direct_uploads and size >= limits.direct_min_bytes
 
     def _upload_jobs(
         self, uploads: list[_Upload], progress: Progress | None
@@ -212,10 +238,10 @@ class RemoteCenter:
         jobs: list[Callable[[], _Stored]] = []
         small: list[_Upload] = []
         for upload in uploads:
-            if upload.sha256 is None:  # hashed while sent: through the service
-                jobs.append(partial(self._upload_through, upload, progress))
-            elif limits.direct_uploads and upload.size >= limits.direct_min_bytes:
+            if self._goes_direct(upload.size):  # hashed while sent, straight to S3
                 jobs.append(partial(self._upload_direct, upload, progress))
+            elif upload.sha256 is None:  # hashed while sent, through the service
+                jobs.append(partial(self._upload_through, upload, progress))
             elif limits.pack_max_files > 1 and upload.size <= _PACK_FILE_MAX:
                 small.append(upload)
             else:
@@ -288,61 +314,113 @@ class RemoteCenter:
         return [(u.source, _digest(u)) for u in pack]
 
     def _upload_direct(self, upload: _Upload, progress: Progress | None) -> _Stored:
+        """Parts straight to S3, a few at a time, each under a URL signed with its CRC32;
+        the file is read once, hashed while its parts travel."""
         name = upload.name
-        started = self._checked(
-            self._http.post(
-                f"{self._base}/uploads",
-                json={"path": name, "sha256": _digest(upload), "size": upload.size},
-            ),
+        ticket = self._checked(
+            self._http.post(f"{self._base}/uploads", json={"path": name, "size": upload.size}),
             name,
         ).json()
-        upload_id, multipart_id = started["upload_id"], started["multipart_id"]
-        part_size, urls = int(started["part_size"]), list(started["urls"])
+        uploads = f"{self._base}/uploads/{ticket['upload_id']}"
+        multipart_id = ticket["multipart_id"]
         try:
-            parts = [
-                (url, number * part_size, min(part_size, upload.size - number * part_size))
-                for number, url in enumerate(urls)
-            ]
-            with ThreadPoolExecutor(min(self._workers, len(parts))) as pool:
-                etags = list(pool.map(lambda part: self._put_part(upload, part, progress), parts))
+            sent = self._send_parts(upload, uploads, multipart_id, ticket, progress)
             completed = self._http.post(
-                f"{self._base}/uploads/{upload_id}/complete",
+                f"{uploads}/complete",
                 json={
                     "path": name,
-                    "sha256": upload.sha256,
                     "size": upload.size,
+                    "sha256": sent.sha256,
+                    "md5": sent.md5,
                     "modified_at": _mtime(upload.source),
                     "multipart_id": multipart_id,
-                    "etags": etags if multipart_id else [],
+                    "parts": [{"etag": e, "crc32": c} for e, c in sent.parts],
                 },
             )
             self._checked(completed, name)
         except BaseException:
-            params = {"multipart_id": multipart_id} if multipart_id else {}
-            # If even this fails, the bucket's lifecycle rule drops the abandoned upload.
+            # If even this fails, the bucket's lifecycle rule drops the abandoned parts.
             with contextlib.suppress(httpx.HTTPError):
-                self._http.delete(f"{self._base}/uploads/{upload_id}", params=params)
+                self._http.delete(uploads, params={"multipart_id": multipart_id})
             raise
-        return [(upload.source, _digest(upload))]
+        return [(upload.source, sent.sha256)]
+
+    def _send_parts(
+        self,
+        upload: _Upload,
+        uploads: str,
+        multipart_id: str,
+        ticket: dict[str, Any],
+        progress: Progress | None,
+    ) -> "_SentParts":
+        part_size, count = int(ticket["part_size"]), int(ticket["parts"])
+        sha256 = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False)
+        in_flight = max(1, min(self._workers, _PARTS_IN_FLIGHT))
+        sending: collections.deque[Future[str]] = collections.deque()
+        etags: list[Future[str]] = []
+        crc32s: list[str] = []
+        with (
+            upload.source.open("rb") as reader,
+            ThreadPoolExecutor(in_flight, thread_name_prefix="push-part") as pool,
+            _Behind(md5.update, "push-md5") as md5_behind,
+        ):
+            for number in range(1, count + 1):
+                length = min(part_size, upload.size - (number - 1) * part_size)
+                part = reader.read(length)
+                if len(part) != length:
+                    raise PipeError(
+                        f"{upload.name} got shorter while it was sent; push it again", upload.name
+                    )
+                md5_behind(part)
+                sha256.update(part)
+                crc32 = base64.b64encode(zlib.crc32(part).to_bytes(4, "big")).decode()
+                crc32s.append(crc32)
+                if len(sending) >= in_flight:
+                    sending.popleft().result()
+                sending.append(
+                    pool.submit(
+                        self._put_part,
+                        upload.name,
+                        uploads,
+                        multipart_id,
+                        _Part(number, crc32, part),
+                        progress,
+                    )
+                )
+                etags.append(sending[-1])
+            md5_behind.finish()
+            parts = [(etag.result(), crc32) for etag, crc32 in zip(etags, crc32s, strict=True)]
+        return _SentParts(sha256.hexdigest(), md5.hexdigest(), parts)
 
     def _put_part(
-        self, upload: _Upload, part: tuple[str, int, int], progress: Progress | None
+        self,
+        name: str,
+        uploads: str,
+        multipart_id: str,
+        part: "_Part",
+        progress: Progress | None,
     ) -> str:
-        url, offset, length = part
+        """Have the part's URL signed with its CRC32, then PUT the part there."""
+        signed = self._http.post(
+            f"{uploads}/parts",
+            json={
+                "multipart_id": multipart_id,
+                "parts": [{"number": part.number, "crc32": part.crc32}],
+            },
+        )
+        (url,) = self._checked(signed, name).json()["urls"]
         try:
-            response = self._s3.put(
-                url,
-                content=_chunks(upload.source, offset, length, progress),
-                headers={"Content-Length": str(length)},
-            )
+            response = self._s3.put(url, content=part.data)
         except httpx.HTTPError as exc:
-            raise PipeError(f"cannot push {upload.name}: {exc}", upload.name) from exc
+            raise PipeError(f"cannot push {name}: {exc}", name) from exc
         if not response.is_success:
             raise PipeError(
-                f"{upload.name}: the object store answered {response.status_code}: "
-                f"{response.text[:200]}",
-                upload.name,
+                f"{name}: the object store answered {response.status_code}: {response.text[:200]}",
+                name,
             )
+        if progress is not None:
+            progress(len(part.data))
         return str(response.headers.get("etag", ""))
 
     # ------------------------------------------------------------------ pull
@@ -460,10 +538,10 @@ class _Behind:
     """Work on each chunk done in order in a second thread, while the caller moves on to the
     next one (hashlib and file writes let go of the GIL), a few chunks behind at most."""
 
-    def __init__(self, work: Callable[[bytes | memoryview], None], name: str) -> None:
+    def __init__(self, work: Callable[[bytes | memoryview], object], name: str) -> None:
         self._work = work
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._pending: collections.deque[Future[None]] = collections.deque()
+        self._pending: collections.deque[Future[object]] = collections.deque()
 
     def __call__(self, chunk: bytes | memoryview) -> None:
         self._pending.append(self._pool.submit(self._work, chunk))
@@ -537,20 +615,25 @@ def _write_checked(
     temporary = target.parent / f"{INTERNAL_PREFIX}-tmp-{uuid.uuid4().hex}"
     digest = hashlib.sha256()
     try:
-        with temporary.open("wb") as writer:
-
-            def take(chunk: bytes | memoryview) -> None:
-                digest.update(chunk)
-                writer.write(chunk)
-
-            # A large pull is hashed and written while the next chunk comes from the network.
-            with _Behind(take, "pull-write") as take_behind:
-                handle = take_behind if download.size >= _PIPELINE_MIN else take
-                for chunk in chunks:
-                    handle(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-                take_behind.finish()
+        with (
+            temporary.open("wb") as writer,
+            _Behind(digest.update, "pull-hash") as hash_behind,
+            _Behind(writer.write, "pull-write") as write_behind,
+        ):
+            # A large pull is hashed and written, each in a thread of its own, while the
+            # next chunk comes from the network.
+            behind = download.size >= _PIPELINE_MIN
+            for chunk in chunks:
+                if behind:
+                    hash_behind(chunk)
+                    write_behind(chunk)
+                else:
+                    digest.update(chunk)
+                    writer.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            hash_behind.finish()
+            write_behind.finish()
         if expected and digest.hexdigest() != expected:
             raise PipeError(
                 f"{download.name} arrived damaged (SHA-256 mismatch); pull it again",

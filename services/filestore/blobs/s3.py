@@ -11,15 +11,15 @@ of its own under ``objects/`` (S3 cannot rename it afterwards), and a pack of sm
 kept whole under ``packs/``: one PUT instead of one per file. The file store records where
 those blobs lie and reads them back as byte ranges.
 
-Direct transfers (presigned URLs) stage the client's bytes under ``incoming/``, read them
-back to check the declared SHA-256 (S3-compatible servers differ in which checksums they
-enforce, so the service trusts none), then copy them server-side to their content address.
-Bucket lifecycle rules drop what a client staged and never completed, and the parts of
-any multipart upload left unfinished, after a day.
+Direct uploads (presigned URLs) are multipart uploads into objects of their own under
+``objects/``, each part's URL signed with the part's CRC32 so that S3 takes only those
+bytes; on completion the file store compares the size and the composite CRC32 that S3
+reports with what the client read (servers differ in which checksums they enforce, so it
+checks the one S3 computed itself). A bucket lifecycle rule drops the parts of any
+multipart upload left unfinished after a day.
 """
 
 import base64
-import hashlib
 import math
 import uuid
 import zlib
@@ -37,27 +37,26 @@ from services.filestore.blobs.store import (
     CHUNK,
     BlobWriter,
     DirectTransfers,
+    FinishedUpload,
     NothingStaged,
     PackMember,
+    PartsRejected,
     Placement,
-    StagedContent,
     blob_key,
 )
 from services.filestore.settings import FilestoreSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-_COPY_MAX = 5 << 30  # the most one CopyObject request takes
 _MIN_PART = 8 << 20
 _MAX_PARTS = 10_000
 _PARTS_IN_FLIGHT = 6
-STAGING_PREFIX = "incoming/"
 OBJECTS_PREFIX = "objects/"
 PACKS_PREFIX = "packs/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
+_REJECTED = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "BadDigest", "InvalidArgument")
 
 
 def _code(exc: ClientError) -> str:
@@ -156,13 +155,7 @@ class S3Blobs:
                 Bucket=self.bucket,
                 LifecycleConfiguration={
                     "Rules": [
-                        {
-                            "ID": "modelcloud-abandoned-uploads",
-                            "Filter": {"Prefix": STAGING_PREFIX},
-                            "Status": "Enabled",
-                            "Expiration": {"Days": 1},
-                        },
-                        {  # a service stopped mid-upload leaves its parts behind
+                        {  # a client or service stopped mid-upload leaves its parts behind
                             "ID": "modelcloud-abandoned-parts",
                             "Filter": {"Prefix": ""},
                             "Status": "Enabled",
@@ -183,86 +176,62 @@ class S3DirectTransfers:
         self.signer = signer
         self.bucket = bucket
 
-    def start_upload(
-        self, staging_key: str, size: int, part_size: int, expires_s: int
-    ) -> tuple[str | None, list[str]]:
-        where = {"Bucket": self.bucket, "Key": staging_key}
-        if size <= part_size:
-            url = self.signer.generate_presigned_url("put_object", where, ExpiresIn=expires_s)
-            return None, [url]
-        multipart_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=staging_key)[
-            "UploadId"
-        ]
-        urls = [
-            self.signer.generate_presigned_url(
-                "upload_part",
-                {**where, "UploadId": multipart_id, "PartNumber": number},
-                ExpiresIn=expires_s,
-            )
-            for number in range(1, math.ceil(size / part_size) + 1)
-        ]
-        return multipart_id, urls
+    def start_upload(self, key: str) -> str:
+        return self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+        )["UploadId"]
 
-    def finish_upload(self, staging_key: str, multipart_id: str | None, etags: list[str]) -> None:
-        if multipart_id is None:
-            return
-        parts = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(etags, 1)]
+    def part_url(self, key: str, multipart_id: str, number: int, crc32: str, expires_s: int) -> str:
+        return self.signer.generate_presigned_url(
+            "upload_part",
+            {
+                "Bucket": self.bucket,
+                "Key": key,
+                "UploadId": multipart_id,
+                "PartNumber": number,
+                "ChecksumCRC32": crc32,  # signed: S3 takes only bytes with this CRC32
+            },
+            ExpiresIn=expires_s,
+        )
+
+    def finish_upload(
+        self, key: str, multipart_id: str, parts: list[tuple[str, str]]
+    ) -> FinishedUpload:
         try:
+            # Asked first: some servers answer a completion of an unknown upload with a 500.
+            self.client.list_parts(Bucket=self.bucket, Key=key, UploadId=multipart_id, MaxParts=1)
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
-                Key=staging_key,
+                Key=key,
                 UploadId=multipart_id,
-                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                MultipartUpload={
+                    "Parts": [
+                        {"ETag": etag, "ChecksumCRC32": crc32, "PartNumber": number}
+                        for number, (etag, crc32) in enumerate(parts, 1)
+                    ]
+                },
             )
         except ClientError as exc:
             if _code(exc) in _MISSING:
-                raise NothingStaged(staging_key) from None
+                raise NothingStaged(key) from None
+            if _code(exc) in _REJECTED:
+                raise PartsRejected(str(exc)) from None
             raise
+        head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        crc32 = head.get("ChecksumCRC32")
+        # A composite checksum reads "<base64>-<parts>" on AWS; some servers leave the count off.
+        return FinishedUpload(head["ContentLength"], crc32.split("-")[0] if crc32 else None)
 
-    def inspect_staged(self, staging_key: str) -> StagedContent:
-        sha256 = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False)
-        size = 0
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=staging_key)["Body"]
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise NothingStaged(staging_key) from None
-            raise
-        try:
-            for chunk in body.iter_chunks(CHUNK):
-                sha256.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-        finally:
-            body.close()
-        return StagedContent(sha256.hexdigest(), md5.hexdigest(), size)
-
-    def promote(self, staging_key: str, sha256: str) -> None:
-        target = blob_key(sha256)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=target)
-        except ClientError as exc:
-            if _code(exc) not in _MISSING:
-                raise
-            source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": staging_key}
-            size = self.client.head_object(Bucket=self.bucket, Key=staging_key)["ContentLength"]
-            if size <= _COPY_MAX:  # one server-side request
-                self.client.copy_object(CopySource=source, Bucket=self.bucket, Key=target)
-            else:
-                self.client.copy(source, self.bucket, target, Config=_TRANSFER)
-        self.discard(staging_key, None)
-
-    def discard(self, staging_key: str, multipart_id: str | None) -> None:
+    def discard(self, key: str, multipart_id: str | None) -> None:
         if multipart_id is not None:
             try:
                 self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=staging_key, UploadId=multipart_id
+                    Bucket=self.bucket, Key=key, UploadId=multipart_id
                 )
             except ClientError as exc:
                 if _code(exc) not in _MISSING:
                     raise
-        self.client.delete_object(Bucket=self.bucket, Key=staging_key)
+        self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def download_url(self, sha256: str, expires_s: int) -> str:
         return self.object_url(blob_key(sha256), expires_s)

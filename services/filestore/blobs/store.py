@@ -14,10 +14,12 @@ then answers with the object's key and the file store records where the blob lie
 
 A store that clients can reach themselves (S3) also offers :class:`DirectTransfers`: large
 bytes then go straight between the client and the bucket through presigned URLs, and the
-file store only signs, checks and records.
+file store only signs, checks what the bucket reports, and records.
 """
 
+import base64
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,37 +57,47 @@ class NothingStaged(LookupError):
     """A direct upload named bytes that were never (or no longer) staged."""
 
 
-@dataclass(frozen=True)
-class StagedContent:
-    """What a staged upload turned out to hold, read back by the store itself."""
+class PartsRejected(ValueError):
+    """The object store refused to assemble a direct upload from the parts it was given."""
 
-    sha256: str
-    md5: str
+
+@dataclass(frozen=True)
+class FinishedUpload:
+    """A direct upload assembled by the object store, as the store itself reports it."""
+
     size: int
+    crc32: str | None  # the composite CRC32 the store computed from the bytes it received
+
+
+def composite_crc32(part_crc32s: list[str]) -> str:
+    """S3's checksum of a multipart object: the CRC32 of its parts' CRC32s (base64)."""
+    joined = b"".join(base64.b64decode(crc) for crc in part_crc32s)
+    return base64.b64encode(zlib.crc32(joined).to_bytes(4, "big")).decode()
 
 
 class DirectTransfers(Protocol):
-    """Presigned transfers: the client moves the bytes, the store checks them."""
+    """Presigned transfers: the client moves the bytes, the object store checks them.
 
-    def start_upload(
-        self, staging_key: str, size: int, part_size: int, expires_s: int
-    ) -> tuple[str | None, list[str]]:
-        """Presigned PUT URLs for ``staging_key``: one URL when ``size`` fits in one part
-        (no multipart id), else a multipart upload's id and one URL per part."""
+    A direct upload is a multipart upload into an object of its own. The client signs each
+    part's URL with the part's CRC32, which the object store checks against the bytes it
+    receives; on completion the store reports the size and the composite CRC32 it computed,
+    which must match what the client read. The file store never reads the bytes itself."""
 
-    def finish_upload(self, staging_key: str, multipart_id: str | None, etags: list[str]) -> None:
-        """Complete a multipart upload from its parts' ETags (a single PUT needs nothing);
-        raises :class:`NothingStaged` when there is no such upload."""
+    def start_upload(self, key: str) -> str:
+        """Start a multipart upload into ``key``; returns its id."""
 
-    def inspect_staged(self, staging_key: str) -> StagedContent:
-        """Read the staged object back, streaming, and return its digests and size; raises
-        :class:`NothingStaged` when there is none."""
+    def part_url(self, key: str, multipart_id: str, number: int, crc32: str, expires_s: int) -> str:
+        """A presigned PUT URL for part ``number``, valid only for bytes with ``crc32``."""
 
-    def promote(self, staging_key: str, sha256: str) -> None:
-        """Move verified staged content to its content address (a no-op copy if present)."""
+    def finish_upload(
+        self, key: str, multipart_id: str, parts: list[tuple[str, str]]
+    ) -> FinishedUpload:
+        """Complete a multipart upload from its parts' (ETag, CRC32); raises
+        :class:`NothingStaged` when there is no such upload and :class:`PartsRejected` when
+        the store refuses the parts."""
 
-    def discard(self, staging_key: str, multipart_id: str | None) -> None:
-        """Remove a staged object and abort its multipart upload, if any."""
+    def discard(self, key: str, multipart_id: str | None) -> None:
+        """Abort the multipart upload, if any, and remove the object, if any."""
 
     def download_url(self, sha256: str, expires_s: int) -> str:
         """A presigned GET URL for a blob stored under its content address."""

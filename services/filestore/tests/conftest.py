@@ -84,7 +84,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield value
 
 
-def _s3_settings(tmp_path: Path, endpoint: str) -> dict[str, object]:
+def s3_settings(tmp_path: Path, endpoint: str) -> dict[str, object]:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     return {
         "storage": "s3",
@@ -97,15 +97,9 @@ def _s3_settings(tmp_path: Path, endpoint: str) -> dict[str, object]:
 
 @pytest.fixture
 async def s3_stack(tmp_path: Path, s3_endpoint: str) -> AsyncIterator[Stack]:
-    async for value in _stack(tmp_path, **_s3_settings(tmp_path, s3_endpoint)):
-        yield value
-
-
-@pytest.fixture
-async def s3_direct_stack(tmp_path: Path, s3_endpoint: str) -> AsyncIterator[Stack]:
-    """S3 with presigned uploads offered, in parts of the smallest size S3 takes (5 MiB)."""
-    settings = _s3_settings(tmp_path, s3_endpoint)
-    async for value in _stack(tmp_path, direct_uploads=True, part_size=5 << 20, **settings):
+    """S3, direct uploads in parts of the smallest size S3 takes (5 MiB)."""
+    settings = s3_settings(tmp_path, s3_endpoint)
+    async for value in _stack(tmp_path, part_size=5 << 20, **settings):
         yield value
 
 

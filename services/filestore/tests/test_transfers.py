@@ -1,15 +1,18 @@
 """Presigned direct transfers (S3) and upload packs: bytes that skip the file store are
 still checked by it, a bad upload or pack stores nothing and leaves no parts behind."""
 
+import base64
 import hashlib
 import io
 import tarfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from services.filestore.tests.conftest import Stack, bucket_client
+from services.filestore.tests.conftest import Stack, _stack, bucket_client, s3_settings
 from services.filestore.transfers.service import PACK_SHA256
 
 BASE = "/v1/projects/vision/models/classifier/versions/v1"
@@ -57,45 +60,59 @@ async def listed(stack: Stack) -> list[str]:
     return [f["path"] for f in (await stack.files.get(f"{BASE}/files")).json()]
 
 
+def crc32(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
 async def direct_upload(
-    stack: Stack, data: bytes, *, declared: bytes | None = None, path: str = "big.bin"
+    stack: Stack,
+    data: bytes,
+    *,
+    signed: bytes | None = None,
+    size: int | None = None,
+    path: str = "big.bin",
 ) -> httpx.Response:
-    """Start, PUT the parts straight to S3, complete: as the pipe does."""
-    digest = sha(declared if declared is not None else data)
-    size = len(declared if declared is not None else data)
-    started = await stack.files.post(
-        f"{BASE}/uploads", json={"path": path, "sha256": digest, "size": size}
-    )
+    """Start, sign each part with its CRC32, PUT it straight to S3, complete: as the pipe
+    does. ``signed``: the bytes whose CRC32s are signed and declared, if not ``data``."""
+    declared = signed if signed is not None else data
+    size = len(declared) if size is None else size
+    started = await stack.files.post(f"{BASE}/uploads", json={"path": path, "size": size})
     assert started.status_code == 201, started.text
     ticket: dict[str, Any] = started.json()
-    part_size = ticket["part_size"]
-    etags = []
+    part_size, multipart_id = ticket["part_size"], ticket["multipart_id"]
+    parts = []
     async with httpx.AsyncClient() as s3:
-        for number, url in enumerate(ticket["urls"]):
-            part = data[number * part_size : (number + 1) * part_size]
-            if part:
-                answer = await s3.put(url, content=part)
-                assert answer.status_code == 200, answer.text
-                etags.append(answer.headers["etag"])
+        for number in range(1, ticket["parts"] + 1):
+            window = slice((number - 1) * part_size, number * part_size)
+            part, crc = data[window], crc32(declared[window])
+            urls = await stack.files.post(
+                f"{BASE}/uploads/{ticket['upload_id']}/parts",
+                json={"multipart_id": multipart_id, "parts": [{"number": number, "crc32": crc}]},
+            )
+            assert urls.status_code == 200, urls.text
+            answer = await s3.put(urls.json()["urls"][0], content=part)
+            assert answer.status_code == 200, answer.text
+            parts.append({"etag": answer.headers["etag"], "crc32": crc})
     return await stack.files.post(
         f"{BASE}/uploads/{ticket['upload_id']}/complete",
         json={
             "path": path,
-            "sha256": digest,
             "size": size,
-            "multipart_id": ticket["multipart_id"],
-            "etags": etags,
+            "sha256": sha(declared),
+            "md5": hashlib.md5(declared, usedforsecurity=False).hexdigest(),
+            "multipart_id": multipart_id,
+            "parts": parts,
         },
     )
 
 
 def leftovers(stack: Stack) -> tuple[list[str], list[str]]:
-    """Staged objects and unfinished multipart uploads left in the bucket."""
+    """Objects of direct uploads, and unfinished multipart uploads, in the bucket."""
     client = bucket_client(stack)
     bucket = stack.settings.s3_bucket
-    staged = client.list_objects_v2(Bucket=bucket, Prefix="incoming/").get("Contents", [])
+    uploaded = client.list_objects_v2(Bucket=bucket, Prefix="objects/").get("Contents", [])
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    return [o["Key"] for o in staged], [u["Key"] for u in uploads]
+    return [o["Key"] for o in uploaded], [u["Key"] for u in uploads]
 
 
 async def test_a_pack_stores_every_file_in_one_request(stack: Stack) -> None:
@@ -152,35 +169,33 @@ async def test_a_local_store_offers_no_direct_transfers(stack: Stack) -> None:
     limits = (await stack.files.get("/v1/transfers")).json()
     assert limits["direct_uploads"] is False
     assert limits["direct_downloads"] is False
-    started = await stack.files.post(
-        f"{BASE}/uploads", json={"path": "a.bin", "sha256": sha(b"a"), "size": 1}
-    )
+    started = await stack.files.post(f"{BASE}/uploads", json={"path": "a.bin", "size": 1})
     assert started.status_code == 409
     assert started.headers["content-type"] == "application/problem+json"
 
 
 @pytest.mark.s3
-async def test_direct_uploads_are_offered_only_when_configured(s3_stack: Stack) -> None:
-    limits = (await s3_stack.files.get("/v1/transfers")).json()
-    assert (limits["direct_uploads"], limits["direct_downloads"]) == (False, True)
-    started = await s3_stack.files.post(
-        f"{BASE}/uploads", json={"path": "a.bin", "sha256": sha(b"a"), "size": 1}
-    )
-    assert started.status_code == 409
+async def test_direct_uploads_can_be_turned_off(tmp_path: Path, s3_endpoint: str) -> None:
+    settings = s3_settings(tmp_path, s3_endpoint)
+    async for stack in _stack(tmp_path, direct_uploads=False, **settings):
+        limits = (await stack.files.get("/v1/transfers")).json()
+        assert (limits["direct_uploads"], limits["direct_downloads"]) == (False, True)
+        started = await stack.files.post(f"{BASE}/uploads", json={"path": "a.bin", "size": 1})
+        assert started.status_code == 409
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("size", [1000, (11 << 20) + 7], ids=["one PUT", "three parts"])
-async def test_a_direct_upload_is_checked_and_then_served(
-    s3_direct_stack: Stack, size: int
-) -> None:
-    stack = s3_direct_stack
+@pytest.mark.parametrize("size", [1000, (11 << 20) + 7], ids=["one part", "three parts"])
+async def test_a_direct_upload_is_checked_and_then_served(s3_stack: Stack, size: int) -> None:
+    stack = s3_stack
     data = (hashlib.sha256(b"weights").digest() * (size // 32 + 1))[:size]
     completed = await direct_upload(stack, data)
     assert completed.status_code == 201, completed.text
     assert completed.json()["sha256"] == sha(data)
     assert completed.json()["md5"] == hashlib.md5(data, usedforsecurity=False).hexdigest()
-    assert leftovers(stack) == ([], [])
+    (kept,), unfinished = leftovers(stack)  # one object, no parts left
+    assert kept.startswith("objects/vision/")
+    assert unfinished == []
     links = await stack.files.post(f"{BASE}/downloads", json={"paths": ["big.bin"]})
     assert links.status_code == 200, links.text
     (link,) = links.json()["files"]
@@ -191,65 +206,94 @@ async def test_a_direct_upload_is_checked_and_then_served(
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("size", [1000, (11 << 20) + 7], ids=["one PUT", "three parts"])
-async def test_a_direct_upload_with_a_wrong_checksum_keeps_nothing(
-    s3_direct_stack: Stack, size: int
-) -> None:
-    stack = s3_direct_stack
+async def test_content_sent_direct_twice_is_kept_once_and_links(s3_stack: Stack) -> None:
+    data = b"twice" * 3000
+    assert (await direct_upload(s3_stack, data)).status_code == 201
+    again = await direct_upload(s3_stack, data, path="copy.bin")
+    assert again.status_code == 201, again.text
+    kept, unfinished = leftovers(s3_stack)
+    assert (len(kept), unfinished) == (1, [])  # the second object was dropped
+    linked = await s3_stack.files.post(
+        f"{BASE}/link", json={"files": [{"path": "third.bin", "sha256": sha(data)}]}
+    )
+    assert linked.json() == {"linked": ["third.bin"], "missing": []}
+    assert (await s3_stack.files.get(f"{BASE}/files/third.bin")).content == data
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("size", [1000, (11 << 20) + 7], ids=["one part", "three parts"])
+async def test_bytes_other_than_the_signed_ones_keep_nothing(s3_stack: Stack, size: int) -> None:
+    # S3 itself refuses a part whose CRC32 differs from the signed one (AWS, MinIO); moto
+    # takes it, and the file store's check of the CRC32s S3 computed catches it.
     data = b"w" * size
-    wrong = await direct_upload(stack, data, declared=b"v" * size)
+    sent = data[:-1] + b"v"  # one byte differs, in the last part
+    wrong = await direct_upload(s3_stack, sent, signed=data)
     assert wrong.status_code == 422, wrong.text
-    assert wrong.json()["errors"][0]["field"] == "sha256"
-    assert await listed(stack) == []
-    assert leftovers(stack) == ([], [])
-    links = await stack.files.post(f"{BASE}/downloads", json={"paths": ["big.bin"]})
+    assert wrong.headers["content-type"] == "application/problem+json"
+    assert wrong.json()["errors"][0]["field"] == "parts"
+    assert await listed(s3_stack) == []
+    assert leftovers(s3_stack) == ([], [])
+    links = await s3_stack.files.post(f"{BASE}/downloads", json={"paths": ["big.bin"]})
     assert links.status_code == 404
 
 
 @pytest.mark.s3
-async def test_a_truncated_direct_upload_keeps_nothing(s3_direct_stack: Stack) -> None:
-    stack = s3_direct_stack
-    data = b"w" * 1000
-    started = await stack.files.post(
-        f"{BASE}/uploads", json={"path": "big.bin", "sha256": sha(data), "size": 1000}
-    )
-    ticket = started.json()
-    async with httpx.AsyncClient() as s3:
-        await s3.put(ticket["urls"][0], content=data[:600])
-    completed = await stack.files.post(
-        f"{BASE}/uploads/{ticket['upload_id']}/complete",
-        json={"path": "big.bin", "sha256": sha(data), "size": 1000},
-    )
-    assert completed.status_code == 422
-    assert completed.json()["errors"][0]["field"] == "size"
-    assert await listed(stack) == []
-    assert leftovers(stack) == ([], [])
+async def test_a_truncated_direct_upload_keeps_nothing(s3_stack: Stack) -> None:
+    truncated = await direct_upload(s3_stack, b"w" * 600, size=1000)
+    assert truncated.status_code == 422
+    assert truncated.json()["errors"][0]["field"] == "size"
+    assert await listed(s3_stack) == []
+    assert leftovers(s3_stack) == ([], [])
 
 
 @pytest.mark.s3
-async def test_completing_an_upload_that_never_happened_is_a_clear_422(
-    s3_direct_stack: Stack,
-) -> None:
-    answer = await s3_direct_stack.files.post(
+async def test_completing_an_upload_that_never_happened_is_a_clear_422(s3_stack: Stack) -> None:
+    answer = await s3_stack.files.post(
         f"{BASE}/uploads/8a6e0804-2bd0-4672-b79a-d97358d97cd4/complete",
-        json={"path": "big.bin", "sha256": sha(b"x"), "size": 1},
+        json={
+            "path": "big.bin",
+            "size": 1,
+            "sha256": sha(b"x"),
+            "md5": "0" * 32,
+            "multipart_id": "made-up",
+            "parts": [{"etag": '"0"', "crc32": crc32(b"x")}],
+        },
     )
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["field"] == "upload_id"
 
 
 @pytest.mark.s3
-async def test_an_aborted_direct_upload_leaves_no_parts(s3_direct_stack: Stack) -> None:
-    stack = s3_direct_stack
-    size = 11 << 20
-    started = await stack.files.post(
-        f"{BASE}/uploads", json={"path": "big.bin", "sha256": sha(b"z"), "size": size}
-    )
+async def test_part_checksums_are_validated(s3_stack: Stack) -> None:
+    started = await s3_stack.files.post(f"{BASE}/uploads", json={"path": "a.bin", "size": 10})
     ticket = started.json()
-    assert ticket["multipart_id"]
-    assert len(ticket["urls"]) == 3
+    answer = await s3_stack.files.post(
+        f"{BASE}/uploads/{ticket['upload_id']}/parts",
+        json={"multipart_id": ticket["multipart_id"], "parts": [{"number": 1, "crc32": "nope"}]},
+    )
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["errors"][0]["field"] == "parts.0.crc32"
+
+
+@pytest.mark.s3
+async def test_an_aborted_direct_upload_leaves_no_parts(s3_stack: Stack) -> None:
+    stack = s3_stack
+    size = 11 << 20
+    started = await stack.files.post(f"{BASE}/uploads", json={"path": "big.bin", "size": size})
+    ticket = started.json()
+    assert ticket["parts"] == 3
+    part = b"z" * (5 << 20)
+    signed = await stack.files.post(
+        f"{BASE}/uploads/{ticket['upload_id']}/parts",
+        json={
+            "multipart_id": ticket["multipart_id"],
+            "parts": [{"number": 1, "crc32": crc32(part)}],
+        },
+    )
     async with httpx.AsyncClient() as s3:
-        await s3.put(ticket["urls"][0], content=b"z" * (5 << 20))
+        assert (await s3.put(signed.json()["urls"][0], content=part)).status_code == 200
+    assert leftovers(stack)[1] != []
     aborted = await stack.files.delete(
         f"{BASE}/uploads/{ticket['upload_id']}", params={"multipart_id": ticket["multipart_id"]}
     )
@@ -317,7 +361,7 @@ async def test_an_upload_without_a_digest_is_placed_and_read_back_on_s3(s3_stack
     again = await s3_stack.files.put(f"{BASE}/files/again.bin", content=data)
     assert again.json()["sha256"] == sha(data)
     assert len(keys(s3_stack)) == 1
-    assert leftovers(s3_stack) == ([], [])
+    assert leftovers(s3_stack)[1] == []  # no unfinished multipart upload
     linked = await s3_stack.files.post(
         f"{BASE}/link", json={"files": [{"path": "third.bin", "sha256": sha(data)}]}
     )

@@ -6,6 +6,7 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
+Crc32 = Field(pattern=r"^[A-Za-z0-9+/]{6}==$", description="base64 of the big-endian CRC32")
 
 
 class TransferLimits(BaseModel):
@@ -21,25 +22,46 @@ class TransferLimits(BaseModel):
 
 class UploadStart(BaseModel):
     path: str = Field(min_length=1, max_length=1024)
-    sha256: str = Sha256
     size: int = Field(ge=0)
 
 
 class UploadTicket(BaseModel):
     upload_id: UUID
-    multipart_id: str | None = Field(description="send it back on completion or abort")
-    part_size: int
-    urls: list[str] = Field(description="PUT part n (from 1) to urls[n-1], in any order")
+    multipart_id: str = Field(description="send it back with every later call")
+    part_size: int = Field(description="every part but the last has exactly this size")
+    parts: int = Field(description="how many parts the file is sent in, numbered from 1")
+
+
+class PartToSign(BaseModel):
+    number: int = Field(ge=1, le=10_000)
+    crc32: str = Crc32
+
+
+class PartsToSign(BaseModel):
+    multipart_id: str = Field(min_length=1, max_length=1024)
+    parts: list[PartToSign] = Field(min_length=1, max_length=100)
+
+
+class SignedParts(BaseModel):
+    urls: list[str] = Field(description="PUT each part's bytes to its URL, in the order asked")
     expires_at: datetime
+
+
+class PartSent(BaseModel):
+    etag: str = Field(min_length=1, max_length=128)
+    crc32: str = Crc32
 
 
 class UploadComplete(BaseModel):
     path: str = Field(min_length=1, max_length=1024)
-    sha256: str = Sha256
     size: int = Field(ge=0)
+    sha256: str = Sha256
+    md5: str = Field(pattern=r"^[0-9a-f]{32}$")
     modified_at: datetime | None = None
-    multipart_id: str | None = Field(default=None, max_length=1024)
-    etags: list[str] = Field(default_factory=list, max_length=10_000)
+    multipart_id: str = Field(min_length=1, max_length=1024)
+    parts: list[PartSent] = Field(
+        min_length=1, max_length=10_000, description="every part, in order"
+    )
 
 
 class DownloadRequest(BaseModel):

@@ -12,6 +12,8 @@ from services.filestore.transfers import service
 from services.filestore.transfers.models import (
     DownloadLinks,
     DownloadRequest,
+    PartsToSign,
+    SignedParts,
     TransferLimits,
     UploadComplete,
     UploadStart,
@@ -33,11 +35,34 @@ async def transfer_limits(request: Request) -> TransferLimits:
 async def start_upload(
     project: Component, model: Component, version: Component, data: UploadStart, request: Request
 ) -> UploadTicket:
-    """Presigned URLs to PUT a file's bytes straight to S3; complete it afterwards."""
+    """Start sending a file's bytes straight to S3, in parts: sign each part's URL with its
+    CRC32 (``/parts``), PUT the part there, then complete the upload."""
     await access_to(request, project, "write")
     state = request.app.state
     return await service.start_upload(
         blobs=state.blobs, settings=state.settings, project=project, data=data
+    )
+
+
+@router.post(MODELS + VERSION + "/uploads/{upload_id}/parts")
+async def sign_parts(
+    project: Component,
+    model: Component,
+    version: Component,
+    upload_id: UUID,
+    data: PartsToSign,
+    request: Request,
+) -> SignedParts:
+    """Presigned PUT URLs for parts of a direct upload, each valid only for the bytes with
+    the CRC32 given for it."""
+    await access_to(request, project, "write")
+    state = request.app.state
+    return await service.sign_parts(
+        blobs=state.blobs,
+        settings=state.settings,
+        project=project,
+        upload_id=upload_id,
+        data=data,
     )
 
 
@@ -51,7 +76,8 @@ async def complete_upload(
     request: Request,
     session: SessionDep,
 ) -> FileRead:
-    """Check the uploaded bytes against ``sha256`` and ``size``; keep them only if they match."""
+    """Assemble the parts; keep the file only if the size and the CRC32s that S3 computed
+    match what was sent. ``sha256`` and ``md5`` are the uploader's, checked by every pull."""
     access = await access_to(request, project, "write")
     return await service.complete_upload(
         session=session,

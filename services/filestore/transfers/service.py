@@ -1,14 +1,18 @@
 """Direct uploads and downloads through presigned URLs, and upload packs.
 
-A direct upload is stateless on the service side: its staging key is derived from the
-project and a random upload id, and completion re-reads the staged bytes, so nothing a
-client sends back is trusted. A pack carries many small files in one tar body, each member
-with its SHA-256 in a PAX header; every member is checked before any is stored, so a bad
-pack stores nothing. The blob store keeps the checked pack as it likes: whole, as one object
-that its members are read from as byte ranges (S3), or member by member (a local folder).
+A direct upload is stateless on the service side: its object's key is derived from the
+project and a random upload id, each part goes straight to S3 under a URL signed with the
+part's CRC32, and completion compares what S3 reports (size, composite CRC32) with what
+the client read; the file store never reads the bytes.
+
+A pack carries many small files in one tar body, each member with its SHA-256 in a PAX
+header; every member is checked before any is stored, so a bad pack stores nothing. The
+blob store keeps the checked pack as it likes: whole, as one object that its members are
+read from as byte ranges (S3), or member by member (a local folder).
 """
 
 import hashlib
+import logging
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,17 +26,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
 from services.common.problems import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from services.filestore.blobs.s3 import STAGING_PREFIX
+from services.filestore.blobs.s3 import OBJECTS_PREFIX
 from services.filestore.blobs.store import (
     BlobStore,
     DirectTransfers,
     NothingStaged,
     PackMember,
+    PartsRejected,
     Placement,
+    composite_crc32,
 )
 from services.filestore.files.models import FileRead
 from services.filestore.files.paths import check_file_path
-from services.filestore.files.placements import locate, place
+from services.filestore.files.placements import is_stored, locate, place
 from services.filestore.files.service import (
     Content,
     Where,
@@ -45,6 +51,8 @@ from services.filestore.settings import FilestoreSettings
 from services.filestore.transfers.models import (
     DownloadLink,
     DownloadLinks,
+    PartsToSign,
+    SignedParts,
     TransferLimits,
     UploadComplete,
     UploadStart,
@@ -52,6 +60,8 @@ from services.filestore.transfers.models import (
 )
 
 PACK_SHA256 = "MODELCLOUD.sha256"
+_MAX_PARTS = 10_000  # S3's limit
+log = logging.getLogger(__name__)
 
 
 def limits(settings: FilestoreSettings, blobs: BlobStore) -> TransferLimits:
@@ -73,8 +83,16 @@ def _direct(blobs: BlobStore, offered: bool, what: str) -> DirectTransfers:
     return blobs.direct
 
 
-def staging_key(project: str, upload_id: UUID) -> str:
-    return f"{STAGING_PREFIX}{project}/{upload_id}"
+def upload_key(project: str, upload_id: UUID) -> str:
+    """Where a direct upload's bytes go: derived, never taken from the client, so an upload
+    id names nothing outside its project."""
+    return f"{OBJECTS_PREFIX}{project}/{upload_id}"
+
+
+def _part_size(settings: FilestoreSettings, size: int) -> int:
+    """The configured part size, or more for files that would need over 10,000 parts."""
+    floor = -(-size // _MAX_PARTS)
+    return max(settings.part_size, -(-floor // (1 << 20)) * (1 << 20))
 
 
 async def start_upload(
@@ -85,20 +103,36 @@ async def start_upload(
         raise PayloadTooLarge(f"{data.path} is larger than {settings.max_file_bytes} bytes")
     direct = _direct(blobs, settings.direct_uploads, "uploads")
     upload_id = uuid4()
-    multipart_id, urls = await anyio.to_thread.run_sync(
-        direct.start_upload,
-        staging_key(project, upload_id),
-        data.size,
-        settings.part_size,
-        settings.presign_expires_s,
+    multipart_id = await anyio.to_thread.run_sync(
+        direct.start_upload, upload_key(project, upload_id)
     )
+    part_size = _part_size(settings, data.size)
     return UploadTicket(
         upload_id=upload_id,
         multipart_id=multipart_id,
-        part_size=settings.part_size,
-        urls=urls,
-        expires_at=datetime.now(UTC) + timedelta(seconds=settings.presign_expires_s),
+        part_size=part_size,
+        parts=max(1, -(-data.size // part_size)),
     )
+
+
+async def sign_parts(
+    *,
+    blobs: BlobStore,
+    settings: FilestoreSettings,
+    project: str,
+    upload_id: UUID,
+    data: PartsToSign,
+) -> SignedParts:
+    """Presigned URLs for parts whose CRC32 the client has computed: S3 takes no other bytes."""
+    direct = _direct(blobs, settings.direct_uploads, "uploads")
+    key = upload_key(project, upload_id)
+    expires_s = settings.presign_expires_s
+    urls = [
+        direct.part_url(key, data.multipart_id, part.number, part.crc32, expires_s)
+        for part in data.parts
+    ]
+    expires = datetime.now(UTC) + timedelta(seconds=expires_s)
+    return SignedParts(urls=urls, expires_at=expires)
 
 
 async def complete_upload(
@@ -111,34 +145,58 @@ async def complete_upload(
     data: UploadComplete,
     user: str,
 ) -> FileRead:
-    """Check the staged bytes against the declared digest and size, then record the path.
-    A mismatch removes the staged bytes and records nothing."""
+    """Have S3 assemble the parts, check the size and the CRC32 that S3 computed from the
+    bytes it received against what the client read, then record the path under the
+    client's SHA-256. A mismatch removes the object and records nothing.
+
+    The SHA-256 is the uploader's, as in Git LFS: checking it here would mean reading every
+    byte back. The uploader is a writer of the project, who may store any bytes anyway; S3's
+    CRC32s make sure the bytes kept are the bytes the client hashed, and every pull checks
+    the SHA-256 again before a file reaches its reader."""
     check_file_path(data.path)
     direct = _direct(blobs, settings.direct_uploads, "uploads")
-    key = staging_key(where[0], upload_id)
+    key = upload_key(where[0], upload_id)
+    crc32s = [part.crc32 for part in data.parts]
 
-    def finish_and_inspect() -> Content:
+    def finish() -> None:
         try:
-            direct.finish_upload(key, data.multipart_id, data.etags)
-            staged = direct.inspect_staged(key)
+            finished = direct.finish_upload(
+                key, data.multipart_id, [(part.etag, part.crc32) for part in data.parts]
+            )
+        except NothingStaged:
+            raise InvalidInput(
+                "upload_id", f"{data.path}: nothing was uploaded for {upload_id}"
+            ) from None
+        except PartsRejected as exc:
+            direct.discard(key, data.multipart_id)
+            raise InvalidInput(
+                "parts", f"{data.path}: the object store refused them: {exc}"
+            ) from None
         except Exception:
             direct.discard(key, data.multipart_id)
             raise
-        if staged.size != data.size:
+        if finished.size != data.size:
             direct.discard(key, None)
-            raise InvalidInput("size", f"{data.path}: received {staged.size} of {data.size} bytes")
-        if staged.sha256 != data.sha256:
+            raise InvalidInput(
+                "size", f"{data.path}: received {finished.size} of {data.size} bytes"
+            )
+        if finished.crc32 is not None and finished.crc32 != composite_crc32(crc32s):
             direct.discard(key, None)
-            raise InvalidInput("sha256", f"{data.path}: the content's SHA-256 is {staged.sha256}")
-        direct.promote(key, staged.sha256)
-        return Content(staged.sha256, staged.md5, staged.size)
+            raise InvalidInput(
+                "parts", f"{data.path}: the bytes received are not the ones whose CRC32s were sent"
+            )
+        if finished.crc32 is None:
+            log.warning(
+                "the object store reported no CRC32 for a direct upload",
+                extra={"key": key},
+            )
 
-    try:
-        content = await anyio.to_thread.run_sync(finish_and_inspect)
-    except NothingStaged:
-        raise InvalidInput(
-            "upload_id", f"{data.path}: nothing was uploaded for {upload_id}"
-        ) from None
+    await anyio.to_thread.run_sync(finish)
+    content = Content(data.sha256, data.md5, data.size)
+    if await is_stored(session, blobs, data.sha256):  # stored once is enough
+        await anyio.to_thread.run_sync(direct.discard, key, None)
+    else:
+        place(session, data.sha256, Placement(key, 0, data.size))
     entry = await record(session, where, data.path, content, data.modified_at, user)
     await session.commit()
     return to_read(entry)
@@ -148,7 +206,7 @@ async def abort_upload(
     *, blobs: BlobStore, project: str, upload_id: UUID, multipart_id: str | None
 ) -> None:
     direct = _direct(blobs, True, "uploads")  # dropping one is always allowed
-    await anyio.to_thread.run_sync(direct.discard, staging_key(project, upload_id), multipart_id)
+    await anyio.to_thread.run_sync(direct.discard, upload_key(project, upload_id), multipart_id)
 
 
 async def download_links(
