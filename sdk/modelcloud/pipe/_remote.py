@@ -317,26 +317,32 @@ class RemoteCenter:
         """Parts straight to S3, a few at a time, each under a URL signed with its CRC32;
         the file is read once, hashed while its parts travel."""
         name = upload.name
-        ticket = self._checked(
-            self._http.post(f"{self._base}/uploads", json={"path": name, "size": upload.size}),
-            name,
-        ).json()
+        try:
+            started = self._http.post(
+                f"{self._base}/uploads", json={"path": name, "size": upload.size}
+            )
+        except httpx.HTTPError as exc:
+            raise PipeError(f"cannot push {name}: {exc}", name) from exc
+        ticket = self._checked(started, name).json()
         uploads = f"{self._base}/uploads/{ticket['upload_id']}"
         multipart_id = ticket["multipart_id"]
         try:
             sent = self._send_parts(upload, uploads, multipart_id, ticket, progress)
-            completed = self._http.post(
-                f"{uploads}/complete",
-                json={
-                    "path": name,
-                    "size": upload.size,
-                    "sha256": sent.sha256,
-                    "md5": sent.md5,
-                    "modified_at": _mtime(upload.source),
-                    "multipart_id": multipart_id,
-                    "parts": [{"etag": e, "crc32": c} for e, c in sent.parts],
-                },
-            )
+            try:
+                completed = self._http.post(
+                    f"{uploads}/complete",
+                    json={
+                        "path": name,
+                        "size": upload.size,
+                        "sha256": sent.sha256,
+                        "md5": sent.md5,
+                        "modified_at": _mtime(upload.source),
+                        "multipart_id": multipart_id,
+                        "parts": [{"etag": e, "crc32": c} for e, c in sent.parts],
+                    },
+                )
+            except httpx.HTTPError as exc:
+                raise PipeError(f"cannot push {name}: {exc}", name) from exc
             self._checked(completed, name)
         except BaseException:
             # If even this fails, the bucket's lifecycle rule drops the abandoned parts.
@@ -365,32 +371,38 @@ class RemoteCenter:
             ThreadPoolExecutor(in_flight, thread_name_prefix="push-part") as pool,
             _Behind(md5.update, "push-md5") as md5_behind,
         ):
-            for number in range(1, count + 1):
-                length = min(part_size, upload.size - (number - 1) * part_size)
-                part = reader.read(length)
-                if len(part) != length:
-                    raise PipeError(
-                        f"{upload.name} got shorter while it was sent; push it again", upload.name
+            try:
+                for number in range(1, count + 1):
+                    length = min(part_size, upload.size - (number - 1) * part_size)
+                    part = reader.read(length)
+                    if len(part) != length:
+                        raise PipeError(
+                            f"{upload.name} got shorter while it was sent; push it again",
+                            upload.name,
+                        )
+                    md5_behind(part)
+                    sha256.update(part)
+                    crc32 = base64.b64encode(zlib.crc32(part).to_bytes(4, "big")).decode()
+                    crc32s.append(crc32)
+                    if len(sending) >= in_flight:
+                        sending.popleft().result()
+                    sending.append(
+                        pool.submit(
+                            self._put_part,
+                            upload.name,
+                            uploads,
+                            multipart_id,
+                            _Part(number, crc32, part),
+                            progress,
+                        )
                     )
-                md5_behind(part)
-                sha256.update(part)
-                crc32 = base64.b64encode(zlib.crc32(part).to_bytes(4, "big")).decode()
-                crc32s.append(crc32)
-                if len(sending) >= in_flight:
-                    sending.popleft().result()
-                sending.append(
-                    pool.submit(
-                        self._put_part,
-                        upload.name,
-                        uploads,
-                        multipart_id,
-                        _Part(number, crc32, part),
-                        progress,
-                    )
-                )
-                etags.append(sending[-1])
-            md5_behind.finish()
-            parts = [(etag.result(), crc32) for etag, crc32 in zip(etags, crc32s, strict=True)]
+                    etags.append(sending[-1])
+                md5_behind.finish()
+                parts = [(etag.result(), crc) for etag, crc in zip(etags, crc32s, strict=True)]
+            except BaseException:
+                for queued in sending:  # parts not sent yet are not sent at all
+                    queued.cancel()
+                raise
         return _SentParts(sha256.hexdigest(), md5.hexdigest(), parts)
 
     def _put_part(
@@ -402,15 +414,15 @@ class RemoteCenter:
         progress: Progress | None,
     ) -> str:
         """Have the part's URL signed with its CRC32, then PUT the part there."""
-        signed = self._http.post(
-            f"{uploads}/parts",
-            json={
-                "multipart_id": multipart_id,
-                "parts": [{"number": part.number, "crc32": part.crc32}],
-            },
-        )
-        (url,) = self._checked(signed, name).json()["urls"]
         try:
+            signed = self._http.post(
+                f"{uploads}/parts",
+                json={
+                    "multipart_id": multipart_id,
+                    "parts": [{"number": part.number, "crc32": part.crc32}],
+                },
+            )
+            (url,) = self._checked(signed, name).json()["urls"]
             response = self._s3.put(url, content=part.data)
         except httpx.HTTPError as exc:
             raise PipeError(f"cannot push {name}: {exc}", name) from exc
