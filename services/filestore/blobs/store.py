@@ -78,10 +78,11 @@ def composite_crc32(part_crc32s: list[str]) -> str:
 class DirectTransfers(Protocol):
     """Presigned transfers: the client moves the bytes, the object store checks them.
 
-    A direct upload is a multipart upload into an object of its own. The client signs each
-    part's URL with the part's CRC32, which the object store checks against the bytes it
-    receives; on completion the store reports the size and the composite CRC32 it computed,
-    which must match what the client read. The file store never reads the bytes itself."""
+    A direct upload is a multipart upload into an object of its own. Each part's URL is
+    signed with the part's CRC32, as the client computed it, which the object store checks
+    against the bytes it receives; on completion the store reports the size and the
+    composite CRC32 it computed, which must match what the client read. The file store never
+    reads the bytes itself."""
 
     def start_upload(self, key: str) -> str:
         """Start a multipart upload into ``key``; returns its id."""

@@ -264,6 +264,21 @@ async def test_completing_an_upload_that_never_happened_is_a_clear_422(s3_stack:
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize(
+    ("start", "field"),
+    [({"path": "a.bin", "size": 0}, "size"), ({"path": "../a.bin", "size": 10}, "path")],
+)
+async def test_a_direct_upload_that_cannot_be_is_refused_at_the_start(
+    s3_stack: Stack, start: dict[str, Any], field: str
+) -> None:
+    answer = await s3_stack.files.post(f"{BASE}/uploads", json=start)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["errors"][0]["field"] == field
+    assert leftovers(s3_stack) == ([], [])
+
+
+@pytest.mark.s3
 async def test_part_checksums_are_validated(s3_stack: Stack) -> None:
     started = await s3_stack.files.post(f"{BASE}/uploads", json={"path": "a.bin", "size": 10})
     ticket = started.json()

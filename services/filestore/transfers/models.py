@@ -22,7 +22,7 @@ class TransferLimits(BaseModel):
 
 class UploadStart(BaseModel):
     path: str = Field(min_length=1, max_length=1024)
-    size: int = Field(ge=0)
+    size: int = Field(ge=1, description="empty files go through the file store")
 
 
 class UploadTicket(BaseModel):
