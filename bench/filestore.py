@@ -40,9 +40,10 @@ from boto3.s3.transfer import TransferConfig
 from local_platform import free_port
 
 from modelcloud.pipe import ModelFile
+from services.filestore.settings import FilestoreSettings
 
 BIN = Path(sys.executable).parent
-STORE_BUCKET = "modelcloud-files"  # the file store's default bucket
+STORE_BUCKET = FilestoreSettings.model_fields["s3_bucket"].default
 CASES = ("large upload", "large download", "small files upload", "small files download")
 # moto answers each ranged GET by copying the whole object, so boto3's default parallel
 # ranged download is quadratic there (512 MiB: 24 s); one stream is boto3's best on it.

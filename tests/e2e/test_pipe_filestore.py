@@ -20,6 +20,7 @@ import pytest
 import modelcloud.pipe._remote as remote
 from modelcloud.pipe import ModelFile
 from modelcloud.pipe.errors import PipeError
+from services.filestore.settings import FilestoreSettings
 
 CLI = str(Path(sys.executable).with_name("modelcloud"))
 
@@ -131,7 +132,7 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
             "MODELCLOUD_PIPE_DIGESTS": str(tmp_path / "digests.sqlite3"),
             "kind": request.param,
             "s3": store_env.get("FILESTORE_S3_ENDPOINT_URL", ""),
-            "bucket": "modelcloud-files",  # the file store's default
+            "bucket": FilestoreSettings.model_fields["s3_bucket"].default,
         }
     finally:
         for process in processes:

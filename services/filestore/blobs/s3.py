@@ -20,7 +20,6 @@ multipart upload left unfinished after a day.
 """
 
 import base64
-import math
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -51,12 +50,18 @@ if TYPE_CHECKING:
 
 _TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
 _MIN_PART = 8 << 20
-_MAX_PARTS = 10_000
+MAX_PARTS = 10_000  # the most parts S3 takes in one upload
 _PARTS_IN_FLIGHT = 6
 OBJECTS_PREFIX = "objects/"
 PACKS_PREFIX = "packs/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 _REJECTED = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "BadDigest", "InvalidArgument")
+
+
+def part_size_for(size: int, least: int) -> int:
+    """``least``, or more (whole MiB) for a file that would need over :data:`MAX_PARTS`."""
+    floor = -(-size // MAX_PARTS)
+    return max(least, -(-floor // (1 << 20)) * (1 << 20))
 
 
 def _code(exc: ClientError) -> str:
@@ -119,7 +124,7 @@ class S3Blobs:
         return key
 
     def writer(self, sha256: str | None, size_hint: int | None) -> BlobWriter:
-        part_size = max(_MIN_PART, math.ceil((size_hint or 0) / (_MAX_PARTS - 1)))
+        part_size = part_size_for(size_hint or 0, _MIN_PART)
         if sha256 is None:
             key = f"{OBJECTS_PREFIX}{uuid.uuid4()}"
             return _MultipartWriter(self.client, self.bucket, key, part_size, placed=True)

@@ -26,7 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
 from services.common.problems import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from services.filestore.blobs.s3 import OBJECTS_PREFIX
+from services.filestore.blobs.s3 import OBJECTS_PREFIX, part_size_for
 from services.filestore.blobs.store import (
     BlobStore,
     DirectTransfers,
@@ -60,7 +60,6 @@ from services.filestore.transfers.models import (
 )
 
 PACK_SHA256 = "MODELCLOUD.sha256"
-_MAX_PARTS = 10_000  # S3's limit
 log = logging.getLogger(__name__)
 
 
@@ -89,12 +88,6 @@ def upload_key(project: str, upload_id: UUID) -> str:
     return f"{OBJECTS_PREFIX}{project}/{upload_id}"
 
 
-def _part_size(settings: FilestoreSettings, size: int) -> int:
-    """The configured part size, or more for files that would need over 10,000 parts."""
-    floor = -(-size // _MAX_PARTS)
-    return max(settings.part_size, -(-floor // (1 << 20)) * (1 << 20))
-
-
 async def start_upload(
     *, blobs: BlobStore, settings: FilestoreSettings, project: str, data: UploadStart
 ) -> UploadTicket:
@@ -106,7 +99,7 @@ async def start_upload(
     multipart_id = await anyio.to_thread.run_sync(
         direct.start_upload, upload_key(project, upload_id)
     )
-    part_size = _part_size(settings, data.size)
+    part_size = part_size_for(data.size, settings.part_size)
     return UploadTicket(
         upload_id=upload_id,
         multipart_id=multipart_id,
