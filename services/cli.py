@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
+from services.common.serving import server_config
 from services.common.settings import ServiceSettings
 
 SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")
@@ -43,7 +44,7 @@ def serve(
     typer.echo(
         f"{name} serving at http://{settings.host}:{settings.port} (data in {settings.data_dir})"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.Server(server_config(app, settings.host, settings.port)).run()
 
 
 def _service(name: str, overrides: dict[str, Any]) -> tuple[Any, ServiceSettings]:

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from services.builder.main import create_app as builder_app
 from services.builder.settings import BuilderSettings
 from services.common.events.local import LocalBus
+from services.common.serving import server_config
 from services.filestore.main import create_app as filestore_app
 from services.filestore.settings import FilestoreSettings
 from services.gateway.main import create_app as gateway_app
@@ -124,10 +125,7 @@ async def run(
             port,
         ),
     ]
-    servers = [
-        _Server(uvicorn.Config(app, host=host, port=p, log_config=None, access_log=False))
-        for app, p in apps
-    ]
+    servers = [_Server(server_config(app, host, p)) for app, p in apps]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

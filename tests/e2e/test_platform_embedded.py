@@ -269,3 +269,28 @@ def test_sigkill_of_one_of_two_replicas_under_load(embedded: Embedded, tmp_path:
             break
         time.sleep(0.3)
     assert back
+
+
+def test_services_keep_idle_connections_longer_than_client_pools(embedded: Embedded) -> None:
+    """httpx and aiohttp pools reuse a connection idle for up to 5 s; each service keeps it
+    open longer, so a request never goes out on a connection the service is closing (with
+    both at 5 s, the file store's token checks failed now and then with a 503)."""
+    import http.client
+
+    def reused_after_idle(port: int) -> tuple[int, int]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            statuses = []
+            for pause in (5.5, 0):
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+                time.sleep(pause)
+            return statuses[0], statuses[1]
+        finally:
+            connection.close()
+
+    ports = range(embedded.port, embedded.port + 5)  # the gateway, then the four services
+    with ThreadPoolExecutor(len(ports)) as pool:
+        assert list(pool.map(reused_after_idle, ports)) == [(200, 200)] * len(ports)
