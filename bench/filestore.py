@@ -17,9 +17,9 @@ times, side by side:
 sends large files straight to S3 in parts (each part's URL signed with its CRC32; the file
 store checks the CRC32s S3 computed, and never reads the bytes) and downloads straight
 from S3 (presigned); ``through`` passes every byte through the file store, which checks
-the SHA-256 on the way. boto3's bytes always go straight to S3. The pipe also hashes every
-file it pushes (SHA-256 for content addressing, MD5 for the seed's ``crc``), which boto3
-does not. The file store's peak resident memory (VmHWM) is read from /proc after the run.
+the SHA-256 on the way. boto3's bytes always go straight to S3. The pipe also computes the
+SHA-256 of every file it pushes (its content address, and the seed's ``crc``). The file
+store's peak resident memory (VmHWM) is read from /proc after the run.
 """
 
 import argparse

@@ -3,6 +3,7 @@ directory, plus what they must refuse."""
 
 import datetime
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_the_seed_snippets_run_verbatim_against_a_center_directory(workspace: Pa
     assert set(setup) == {"filename", "modified_at", "size", "crc"}
     assert isinstance(setup["modified_at"], datetime.datetime)
     assert setup["size"] == len("print('setup')\n")
-    assert setup["crc"] == hashlib.md5(b"print('setup')\n", usedforsecurity=False).hexdigest()
+    assert setup["crc"] == hashlib.sha256(b"print('setup')\n").hexdigest()
     assert pipe.dir == center / "model_name" / "model_version"
     assert pipe.filerepo == center / "model_name"
     assert pipe.config["filereporoot"] == str(center)
@@ -70,7 +71,7 @@ def test_the_seed_snippets_run_verbatim_against_a_center_directory(workspace: Pa
     assert list(list_profiles(center_path=center)) == ["model_name"]
 
 
-def test_scan_sorts_filters_and_the_crc_is_the_md5(workspace: Path) -> None:
+def test_scan_sorts_filters_and_the_crc_is_the_sha256(workspace: Path) -> None:
     from modelcloud.pipe import ModelFile
 
     pipe = ModelFile("m", "1", center_path=workspace / "c").filepipe()
@@ -86,9 +87,26 @@ def test_scan_sorts_filters_and_the_crc_is_the_md5(workspace: Path) -> None:
     assert pipe.scan_local(include="*.json") == ["code/features/columns.json"]
     assert pipe.scan_local(include="code/*", exclude=["*.json", "train.py"]) == ["code/setup.py"]
     big = next(f for f in files if f["filename"] == "big.bin")
-    assert big["crc"] == hashlib.md5(b"x" * 5000, usedforsecurity=False).hexdigest()
+    assert big["crc"] == hashlib.sha256(b"x" * 5000).hexdigest()
     with pytest.raises(PipeError, match="sortby"):
         pipe.scan_local(sortby="date")  # type: ignore[arg-type]
+
+
+def test_a_center_indexed_with_md5s_reports_sha256s(workspace: Path) -> None:
+    """Centers written when the crc was an MD5 keep those in their index; a scan reads each
+    file once more and reports its SHA-256."""
+    from modelcloud.pipe import ModelFile
+    from modelcloud.pipe._center import INDEX_NAME
+
+    pipe = ModelFile("m", "1", center_path=workspace / "c").filepipe()
+    pipe.import_file("model.db")
+    index = Path(pipe.dir) / INDEX_NAME
+    stat = (Path(pipe.dir) / "model.db").stat()
+    old = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": "0" * 32}
+    index.write_text(json.dumps({"model.db": old}))
+    (found,), _ = pipe.scan_local(attributes=True)
+    assert found["crc"] == hashlib.sha256((workspace / "model.db").read_bytes()).hexdigest()
+    assert json.loads(index.read_text())["model.db"]["sha256"] == found["crc"]
 
 
 def test_pull_dir_is_incremental(workspace: Path) -> None:

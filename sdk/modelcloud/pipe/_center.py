@@ -3,7 +3,8 @@
 
 Writes are atomic (a temporary file renamed into place), so a reader never sees half a
 file and an interrupted import leaves nothing behind. Each version folder keeps an index of
-sizes, modification times and MD5 checksums, so scans do not re-read unchanged files.
+sizes, modification times and SHA-256 checksums (the pipe's ``crc``), so scans do not
+re-read unchanged files.
 """
 
 import contextlib
@@ -30,14 +31,15 @@ class FileAttributes:
     name: str
     size: int
     mtime_ns: int
-    md5: str
+    sha256: str
 
 
 def copy_file(source: Path, target: Path, progress: Progress | None = None) -> str:
-    """Copy ``source`` to ``target`` atomically, keeping its modification time; returns MD5."""
+    """Copy ``source`` to ``target`` atomically, keeping its modification time; returns
+    the SHA-256."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f"{INTERNAL_PREFIX}-tmp-{uuid.uuid4().hex}"
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = hashlib.sha256()
     try:
         with source.open("rb") as reader, temporary.open("wb") as writer:
             while chunk := reader.read(CHUNK):
@@ -53,8 +55,8 @@ def copy_file(source: Path, target: Path, progress: Progress | None = None) -> s
     return digest.hexdigest()
 
 
-def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
     with path.open("rb") as reader:
         while chunk := reader.read(CHUNK):
             digest.update(chunk)
@@ -82,20 +84,25 @@ class VersionFolder:
         for name, path in self.files():
             stat = path.stat()
             known = index.get(name)
-            if known and known["size"] == stat.st_size and known["mtime_ns"] == stat.st_mtime_ns:
-                md5 = str(known["md5"])
+            if (
+                known
+                and "sha256" in known  # indexes written before the crc was the SHA-256 lack it
+                and known["size"] == stat.st_size
+                and known["mtime_ns"] == stat.st_mtime_ns
+            ):
+                sha256 = str(known["sha256"])
             else:
-                md5 = md5_of(path)
-            out.append(FileAttributes(name, stat.st_size, stat.st_mtime_ns, md5))
-        if {a.name: a.md5 for a in out} != {k: v.get("md5") for k, v in index.items()}:
+                sha256 = sha256_of(path)
+            out.append(FileAttributes(name, stat.st_size, stat.st_mtime_ns, sha256))
+        if {a.name: a.sha256 for a in out} != {k: v.get("sha256") for k, v in index.items()}:
             self._write_index(out)
         return out
 
-    def remember(self, name: str, md5: str) -> None:
+    def remember(self, name: str, sha256: str) -> None:
         path = self.root / name
         stat = path.stat()
         index = self._read_index()
-        index[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": md5}
+        index[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
         self._write_raw(index)
 
     def forget(self, names: list[str]) -> None:
@@ -113,7 +120,10 @@ class VersionFolder:
 
     def _write_index(self, attributes: list[FileAttributes]) -> None:
         self._write_raw(
-            {a.name: {"size": a.size, "mtime_ns": a.mtime_ns, "md5": a.md5} for a in attributes}
+            {
+                a.name: {"size": a.size, "mtime_ns": a.mtime_ns, "sha256": a.sha256}
+                for a in attributes
+            }
         )
 
     def _write_raw(self, index: dict[str, dict[str, int | str]]) -> None:
@@ -151,10 +161,10 @@ class LocalCenter:
     def store(self, files: list[tuple[Path, str]], progress: Progress | None) -> None:
         for source, name in files:
             try:
-                md5 = copy_file(source, self._folder.root / name, progress)
+                sha256 = copy_file(source, self._folder.root / name, progress)
             except OSError as exc:
                 raise PipeError(f"cannot import {source} as {name}: {exc}", name) from exc
-            self._folder.remember(name, md5)
+            self._folder.remember(name, sha256)
 
     def fetch(self, files: list[tuple[str, Path]], progress: Progress | None) -> None:
         for name, target in files:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from modelcloud.pipe._center import Center, FileAttributes, LocalCenter, md5_of
+from modelcloud.pipe._center import Center, FileAttributes, LocalCenter, sha256_of
 from modelcloud.pipe._paths import safe_component, safe_relative
 from modelcloud.pipe._remote import RemoteCenter, list_remote
 from modelcloud.pipe.errors import PipeError, PipeFileNotFound
@@ -196,7 +196,7 @@ class FilePipe:
         ``include``/``exclude`` are glob patterns matched against the name and its last
         part; ``sortby`` is ``'name'``, ``'mod'`` (modification time) or ``'size'``. With
         ``attributes=True`` returns ``(list of {'filename', 'modified_at', 'size', 'crc'},
-        list of names)``, ``crc`` being the MD5 checksum; otherwise the list of names.
+        list of names)``, ``crc`` being the file's SHA-256 (hex); otherwise the list of names.
         """
         if sortby not in ("name", "mod", "size"):
             raise PipeError(f"sortby must be 'name', 'mod' or 'size', not {sortby!r}")
@@ -377,7 +377,7 @@ def _as_dict(attributes: FileAttributes) -> dict[str, Any]:
         "filename": attributes.name,
         "modified_at": datetime.fromtimestamp(attributes.mtime_ns / 1e9),
         "size": attributes.size,
-        "crc": attributes.md5,
+        "crc": attributes.sha256,
     }
 
 
@@ -387,7 +387,7 @@ def _same(attributes: FileAttributes, target: Path) -> bool:
     stat = target.stat()
     if stat.st_size != attributes.size:
         return False
-    return stat.st_mtime_ns == attributes.mtime_ns or md5_of(target) == attributes.md5
+    return stat.st_mtime_ns == attributes.mtime_ns or sha256_of(target) == attributes.sha256
 
 
 def _confirmed(names: list[str], model: str, version: str) -> bool:

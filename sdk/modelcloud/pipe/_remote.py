@@ -95,10 +95,9 @@ class _Part:
 
 @dataclass(frozen=True)
 class _SentParts:
-    """What a direct upload read and sent: the digests, and each part's (ETag, CRC32)."""
+    """What a direct upload read and sent: the SHA-256, and each part's (ETag, CRC32)."""
 
     sha256: str
-    md5: str
     parts: list[tuple[str, str]]
 
 
@@ -175,7 +174,7 @@ class RemoteCenter:
                 name=e["path"],
                 size=int(e["size"]),
                 mtime_ns=int(datetime.fromisoformat(e["modified_at"]).timestamp() * 1e9),
-                md5=e["md5"],
+                sha256=e["sha256"],
             )
             for e in entries
         ]
@@ -271,8 +270,8 @@ class RemoteCenter:
         }
         content: Iterator[bytes]
         if upload.sha256 is None:
-            # Hashed while sent: the digests follow the file's bytes (the service checks
-            # the SHA-256 against the bytes it received).
+            # Hashed while sent: the digest follows the file's bytes (the service checks
+            # it against the bytes it received).
             headers["X-File-Size"] = str(upload.size)
             headers["Content-Length"] = str(upload.size + _TRAILER_SIZE)
             content = _with_trailer(upload.source, upload.size, progress)
@@ -335,7 +334,6 @@ class RemoteCenter:
                         "path": name,
                         "size": upload.size,
                         "sha256": sent.sha256,
-                        "md5": sent.md5,
                         "modified_at": _mtime(upload.source),
                         "multipart_id": multipart_id,
                         "parts": [{"etag": e, "crc32": c} for e, c in sent.parts],
@@ -361,7 +359,6 @@ class RemoteCenter:
     ) -> "_SentParts":
         part_size, count = int(ticket["part_size"]), int(ticket["parts"])
         sha256 = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False)
         in_flight = max(1, min(self._workers, _PARTS_IN_FLIGHT))
         sending: collections.deque[Future[str]] = collections.deque()
         etags: list[Future[str]] = []
@@ -369,7 +366,6 @@ class RemoteCenter:
         with (
             upload.source.open("rb") as reader,
             ThreadPoolExecutor(in_flight, thread_name_prefix="push-part") as pool,
-            _Behind(md5.update, "push-md5") as md5_behind,
         ):
             try:
                 for number in range(1, count + 1):
@@ -380,7 +376,6 @@ class RemoteCenter:
                             f"{upload.name} got shorter while it was sent; push it again",
                             upload.name,
                         )
-                    md5_behind(part)
                     sha256.update(part)
                     crc32 = base64.b64encode(zlib.crc32(part).to_bytes(4, "big")).decode()
                     crc32s.append(crc32)
@@ -397,13 +392,12 @@ class RemoteCenter:
                         )
                     )
                     etags.append(sending[-1])
-                md5_behind.finish()
                 parts = [(etag.result(), crc) for etag, crc in zip(etags, crc32s, strict=True)]
             except BaseException:
                 for queued in sending:  # parts not sent yet are not sent at all
                     queued.cancel()
                 raise
-        return _SentParts(sha256.hexdigest(), md5.hexdigest(), parts)
+        return _SentParts(sha256.hexdigest(), parts)
 
     def _put_part(
         self,
@@ -579,40 +573,39 @@ def _chunks(
     offset: int,
     length: int,
     progress: Progress | None,
-    digests: "tuple[hashlib._Hash, ...]" = (),
+    digest: "hashlib._Hash | None" = None,
 ) -> Iterator[bytes]:
-    """The file's bytes from ``offset``; each chunk also goes to ``digests``, in a second
+    """The file's bytes from ``offset``; each chunk also goes to ``digest``, in a second
     thread while it is being sent."""
-
-    def update(chunk: bytes | memoryview) -> None:
-        for digest in digests:
-            digest.update(chunk)
-
-    with path.open("rb") as reader, _Behind(update, "push-hash") as hash_behind:
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(path.open("rb"))
+        hash_behind = (
+            None if digest is None else stack.enter_context(_Behind(digest.update, "push-hash"))
+        )
         reader.seek(offset)
         left = length
         while left > 0 and (chunk := reader.read(min(CHUNK, left))):
             left -= len(chunk)
-            if digests:
+            if hash_behind is not None:
                 hash_behind(chunk)
             if progress is not None:
                 progress(len(chunk))
             yield chunk
         if left > 0:
             raise PipeError(f"{path} got shorter while it was sent; push it again", path.name)
-        hash_behind.finish()  # the digests are complete once the last chunk is hashed
+        if hash_behind is not None:
+            hash_behind.finish()  # the digest is complete once the last chunk is hashed
 
 
-_TRAILER = '{{"sha256":"{sha256}","md5":"{md5}"}}'
-_TRAILER_SIZE = len(_TRAILER.format(sha256="0" * 64, md5="0" * 32))
+_TRAILER = '{{"sha256":"{sha256}"}}'
+_TRAILER_SIZE = len(_TRAILER.format(sha256="0" * 64))
 
 
 def _with_trailer(path: Path, size: int, progress: Progress | None) -> Iterator[bytes]:
-    """The file's bytes, then its SHA-256 and MD5 as the file store's upload trailer."""
+    """The file's bytes, then its SHA-256 as the file store's upload trailer."""
     sha256 = hashlib.sha256()
-    md5 = hashlib.md5(usedforsecurity=False)
-    yield from _chunks(path, 0, size, progress, (sha256, md5))
-    yield _TRAILER.format(sha256=sha256.hexdigest(), md5=md5.hexdigest()).encode()
+    yield from _chunks(path, 0, size, progress, sha256)
+    yield _TRAILER.format(sha256=sha256.hexdigest()).encode()
 
 
 def _write_checked(

@@ -20,8 +20,7 @@ class FileEntry(SQLModel, table=True):
     model: str = Field(max_length=64)
     version: str = Field(max_length=64)
     path: str = Field(max_length=1024)
-    sha256: str = Field(max_length=64, index=True)
-    md5: str = Field(max_length=32, description="the pipe's `crc`, as d6tpipe reports it")
+    sha256: str = Field(max_length=64, index=True)  # also the pipe's `crc`
     size: int = Field(sa_type=BigInteger)  # files of 2 GiB and more
     modified_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     uploaded_by: str = Field(max_length=64)
@@ -44,7 +43,6 @@ class FileRead(BaseModel):
     path: str
     size: int
     sha256: str
-    md5: str
     modified_at: datetime
     uploaded_by: str
 

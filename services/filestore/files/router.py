@@ -57,10 +57,9 @@ async def upload(
 ) -> FileRead:
     """Store the body as ``path``. ``X-Content-SHA256``, when given, must match it or nothing
     is kept. With ``X-File-Size: N`` instead, the body is the file's N bytes followed by its
-    digests as JSON, ``{"sha256": "<hex>", "md5": "<hex>"}`` (for a client that hashes the
-    file while sending it); the SHA-256 must match, the MD5 is recorded as the file's
-    ``crc``. With neither, the file is recorded under the SHA-256 computed here, which the
-    answer carries."""
+    digest as JSON, ``{"sha256": "<hex>"}`` (for a client that hashes the file while
+    sending it), which must match. With neither, the file is recorded under the SHA-256
+    computed here, which the answer carries."""
     if sha256 is not None and file_size is not None:
         raise InvalidInput("X-File-Size", "give the SHA-256 before the body or after it, not both")
     check_file_path(path)

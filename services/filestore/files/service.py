@@ -3,19 +3,17 @@
 An upload streams into the blob store while its SHA-256 is computed (memory stays flat);
 the blob becomes readable, and the path is recorded, only once the digest the client
 declared has been checked: a mismatch, a truncated body or an oversize one commits nothing.
-A client that has not read a large file yet may send its digests after it instead (a
+A client that has not read a large file yet may send its digest after it instead (a
 *trailer*, as S3's own chunked uploads carry checksums after the data): the file is then
-hashed once, while it is sent, and the SHA-256 is checked all the same. The trailer's MD5
-(the pipe's ``crc``, a change marker, not the content's identity) is recorded as the
-uploader computed it, which spares the file store its slowest pass over every byte. Without
-any digest, the file is recorded under the SHA-256 computed here, which the answer carries.
+hashed once, while it is sent, and the SHA-256 is checked all the same. Without any digest,
+the file is recorded under the SHA-256 computed here, which the answer carries. The SHA-256
+is also the pipe's ``crc``: one hash per file, the content's own address.
 """
 
 import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,7 +31,6 @@ from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkR
 from services.filestore.files.placements import is_stored, place, read_blob
 
 Where = tuple[str, str, str]  # project, model, version
-_MD5_POOL = ThreadPoolExecutor(4, thread_name_prefix="md5")
 TRAILER_MAX = 1024
 
 
@@ -41,7 +38,6 @@ class DigestTrailer(BaseModel):
     """What follows a file's bytes in an upload that announced ``X-File-Size``."""
 
     sha256: str = PydanticField(pattern=r"^[0-9a-f]{64}$")
-    md5: str = PydanticField(pattern=r"^[0-9a-f]{32}$")
 
 
 async def list_models(*, session: AsyncSession, project: str) -> list[str]:
@@ -89,27 +85,17 @@ async def upload(
     )
     placed: str | None = None
     sha256 = hashlib.sha256()
-    md5 = hashlib.md5(usedforsecurity=False)
     size = 0
     trailer = bytearray()
     batch: list[bytes] = []
     batched = 0
     in_flight: asyncio.Future[None] | None = None
 
-    def digest_md5(chunks: list[bytes]) -> None:
-        for data in chunks:
-            md5.update(data)
-
     def consume(chunks: list[bytes]) -> None:  # in a worker thread: hashing 1 MiB takes ms
-        # MD5 (the slowest of the three passes) runs beside the SHA-256 and the sending:
-        # hashlib lets go of the GIL.
-        md5_done = None if trailer_after is not None else _MD5_POOL.submit(digest_md5, chunks)
         for data in chunks:
             sha256.update(data)
             if writer is not None:
                 writer.write(data)
-        if md5_done is not None:
-            md5_done.result()
 
     async def hand_over(chunks: list[bytes]) -> None:
         # One batch is hashed and sent while the next one arrives; never two at once.
@@ -134,10 +120,8 @@ async def upload(
         expected_size = declared_size if trailer_after is None else trailer_after
         if expected_size is not None and size != expected_size:
             raise InvalidInput("body", f"{path}: received {size} of {expected_size} bytes")
-        declared_md5 = None
         if trailer_after is not None:
-            declared = _read_trailer(path, trailer)
-            declared_sha256, declared_md5 = declared.sha256, declared.md5
+            declared_sha256 = _read_trailer(path, trailer).sha256
         digest = sha256.hexdigest()
         if declared_sha256 is not None and digest != declared_sha256:
             field = "X-Content-SHA256" if trailer_after is None else "trailer.sha256"
@@ -157,7 +141,7 @@ async def upload(
             if writer is not None:
                 await anyio.to_thread.run_sync(writer.abort)
         raise
-    content = Content(digest, declared_md5 or md5.hexdigest(), size)
+    content = Content(digest, size)
     if placed is not None:
         place(session, digest, Placement(placed, 0, size))
     entry = await record(session, where, path, content, modified_at, user)
@@ -279,7 +263,6 @@ class Content:
     """Stored content, as recorded on every path that points at it."""
 
     sha256: str
-    md5: str
     size: int
 
 
@@ -290,12 +273,12 @@ async def _known(session: AsyncSession, project: str, digests: set[str]) -> dict
     if not digests:
         return {}
     query = (
-        select(FileEntry.sha256, func.max(FileEntry.md5), func.max(FileEntry.size))
+        select(FileEntry.sha256, func.max(FileEntry.size))
         .where(FileEntry.project == project, col(FileEntry.sha256).in_(digests))
         .group_by(col(FileEntry.sha256))
     )
     rows = (await session.exec(query)).all()
-    return {sha: Content(sha, str(md5), int(size)) for sha, md5, size in rows}
+    return {sha: Content(sha, int(size)) for sha, size in rows}
 
 
 async def record(
@@ -330,7 +313,6 @@ async def record_many(
                 version=version,
                 path=path,
                 sha256=content.sha256,
-                md5=content.md5,
                 size=content.size,
                 modified_at=modified_at or now,
                 uploaded_by=user,
@@ -339,7 +321,7 @@ async def record_many(
             session.add(entry)
             existing[path] = entry  # a path named twice: the last one wins
         else:
-            entry.sha256, entry.md5, entry.size = content.sha256, content.md5, content.size
+            entry.sha256, entry.size = content.sha256, content.size
             entry.modified_at = modified_at or now
             entry.uploaded_by, entry.uploaded_at = user, now
         entries.append(entry)
@@ -353,7 +335,6 @@ def to_read(entry: FileEntry) -> FileRead:
         path=entry.path,
         size=entry.size,
         sha256=entry.sha256,
-        md5=entry.md5,
         modified_at=modified if modified.tzinfo else modified.replace(tzinfo=UTC),
         uploaded_by=entry.uploaded_by,
     )

@@ -46,7 +46,7 @@ async def test_a_file_of_3_gib_is_recorded_on_postgres(tmp_path: Path) -> None:
                         session,
                         where,
                         "huge.bin",
-                        Content("a" * 64, "b" * 32, 3 << 30),
+                        Content("a" * 64, 3 << 30),
                         None,
                         "ada",
                     )

@@ -56,7 +56,6 @@ class UploadComplete(BaseModel):
     path: str = Field(min_length=1, max_length=1024)
     size: int = Field(ge=0)
     sha256: str = Sha256
-    md5: str = Field(pattern=r"^[0-9a-f]{32}$")
     modified_at: datetime | None = None
     multipart_id: str = Field(min_length=1, max_length=1024)
     parts: list[PartSent] = Field(

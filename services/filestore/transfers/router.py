@@ -77,7 +77,7 @@ async def complete_upload(
     session: SessionDep,
 ) -> FileRead:
     """Assemble the parts; keep the file only if the size and the CRC32s that S3 computed
-    match what was sent. ``sha256`` and ``md5`` are the uploader's, checked by every pull."""
+    match what was sent. ``sha256`` is the uploader's, checked by every pull."""
     access = await access_to(request, project, "write")
     return await service.complete_upload(
         session=session,

@@ -185,7 +185,7 @@ async def complete_upload(
             )
 
     await anyio.to_thread.run_sync(finish)
-    content = Content(data.sha256, data.md5, data.size)
+    content = Content(data.sha256, data.size)
     if await is_stored(session, blobs, data.sha256):  # stored once is enough
         await anyio.to_thread.run_sync(direct.discard, key, None)
     else:
@@ -308,11 +308,9 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
                 if reader is None:  # pragma: no cover - regular members always have data
                     continue
                 sha256 = hashlib.sha256()
-                md5 = hashlib.md5(usedforsecurity=False)
                 with reader:
                     while chunk := reader.read(1 << 20):
                         sha256.update(chunk)
-                        md5.update(chunk)
                 if sha256.hexdigest() != declared:
                     errors.append(
                         FieldError(
@@ -325,7 +323,7 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
                     _Member(
                         path=info.name,
                         offset=info.offset_data,
-                        content=Content(sha256.hexdigest(), md5.hexdigest(), info.size),
+                        content=Content(sha256.hexdigest(), info.size),
                         modified_at=datetime.fromtimestamp(info.mtime, UTC),
                     )
                 )
