@@ -4,7 +4,7 @@ Idle connections are kept for :data:`KEEP_ALIVE_S`, well past the 5 s after whic
 and aiohttp pools let theirs go. With uvicorn's default of 5 s both ends timed out
 together: a request sent on a connection the server was closing at that moment failed
 with "Server disconnected without sending a response" (seen as a 503 from the file
-store's token check, one per few hundred signed parts).
+store's token check, in one run of bench/filestore.py).
 """
 
 from typing import Any
