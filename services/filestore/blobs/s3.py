@@ -37,10 +37,10 @@ from services.filestore.blobs.store import (
     BlobWriter,
     DirectTransfers,
     FinishedUpload,
-    NothingStaged,
     PackMember,
     PartsRejected,
     Placement,
+    UploadNotFound,
     blob_key,
 )
 from services.filestore.settings import FilestoreSettings
@@ -218,7 +218,7 @@ class S3DirectTransfers:
             )
         except ClientError as exc:
             if _code(exc) in _MISSING:
-                raise NothingStaged(key) from None
+                raise UploadNotFound(key) from None
             if _code(exc) in _REJECTED:
                 raise PartsRejected(str(exc)) from None
             raise

@@ -53,8 +53,9 @@ class PackMember:
     size: int
 
 
-class NothingStaged(LookupError):
-    """A direct upload named bytes that were never (or no longer) staged."""
+class UploadNotFound(LookupError):
+    """A direct upload the object store does not know: never started, or already completed
+    or aborted."""
 
 
 class PartsRejected(ValueError):
@@ -94,7 +95,7 @@ class DirectTransfers(Protocol):
         self, key: str, multipart_id: str, parts: list[tuple[str, str]]
     ) -> FinishedUpload:
         """Complete a multipart upload from its parts' (ETag, CRC32); raises
-        :class:`NothingStaged` when there is no such upload and :class:`PartsRejected` when
+        :class:`UploadNotFound` when there is no such upload and :class:`PartsRejected` when
         the store refuses the parts."""
 
     def discard(self, key: str, multipart_id: str | None) -> None:

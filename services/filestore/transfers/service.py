@@ -30,10 +30,10 @@ from services.filestore.blobs.s3 import OBJECTS_PREFIX, part_size_for
 from services.filestore.blobs.store import (
     BlobStore,
     DirectTransfers,
-    NothingStaged,
     PackMember,
     PartsRejected,
     Placement,
+    UploadNotFound,
     composite_crc32,
 )
 from services.filestore.files.models import FileRead
@@ -104,7 +104,7 @@ async def start_upload(
         upload_id=upload_id,
         multipart_id=multipart_id,
         part_size=part_size,
-        parts=max(1, -(-data.size // part_size)),
+        parts=-(-data.size // part_size),  # the size is at least 1
     )
 
 
@@ -156,7 +156,7 @@ async def complete_upload(
             finished = direct.finish_upload(
                 key, data.multipart_id, [(part.etag, part.crc32) for part in data.parts]
             )
-        except NothingStaged:
+        except UploadNotFound:
             raise InvalidInput(
                 "upload_id", f"{data.path}: nothing was uploaded for {upload_id}"
             ) from None
