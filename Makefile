@@ -16,6 +16,10 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml sdk/pyproject.toml proto/pyproject.toml $(EXAMPLE)/requirements.txt
+	@# Model code runs in a bubblewrap sandbox (docs/SECURITY.md): Debian's package, when we may.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && apt-get install -y -qq bubblewrap; }; } || \
+	  echo "bubblewrap is missing: install it (apt-get install bubblewrap), or set BUILDER_SANDBOX=none"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade "pip>=24" "setuptools>=69" wheel
 	# torch first and pinned: anything resolving a newer torch would pull the CUDA build.

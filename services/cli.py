@@ -1,5 +1,6 @@
 """Platform commands added to the ``modelcloud`` CLI when the platform is installed:
-``modelcloud serve NAME`` and ``modelcloud registry create-admin``.
+``modelcloud serve NAME``, ``modelcloud registry create-admin`` and
+``modelcloud registry create-service-account``.
 
 The SDK finds this module through the ``modelcloud.cli`` entry point, so the SDK itself
 never imports the platform.
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
     app.command(help="Run the whole platform on this machine, with nothing else to install.")(up)
     registry = typer.Typer(help="Registry administration.", no_args_is_help=True)
     registry.command("create-admin")(create_admin)
+    registry.command("create-service-account")(create_service_account)
     app.add_typer(registry, name="registry")
 
 
@@ -91,6 +93,31 @@ def create_admin(
 
     settings = RegistrySettings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
     token = asyncio.run(create_admin_user(settings, name))
+    typer.echo(token)
+
+
+def create_service_account(
+    name: Annotated[str, typer.Argument(help="The account's user name, e.g. builder.")],
+    role: Annotated[str, typer.Option(help="What it may read: builder or gateway.")],
+    data_dir: Annotated[Path | None, typer.Option(help="The registry's data folder.")] = None,
+) -> None:
+    """Create a platform service's account (not an admin: it may make only its service's
+    reads, in every project) and print a token for it (shown once); for an existing account
+    of that role, print a new token."""
+    from services.registry.accounts.models import ServiceRole
+    from services.registry.admin import create_service_account as create_account
+    from services.registry.settings import RegistrySettings
+
+    try:
+        service_role = ServiceRole(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in ServiceRole)
+        raise typer.BadParameter(f"one of: {roles}", param_hint="--role") from None
+    settings = RegistrySettings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+    try:
+        token = asyncio.run(create_account(settings, name, service_role))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
     typer.echo(token)
 
 

@@ -2,9 +2,14 @@
 metrics service in one process on this machine, with SQLite, one in-process event bus, the
 local-directory file store and the venv runtime, all under one data folder.
 
-First start: an admin user and a platform user are created (no default password); their
-tokens are written to ``admin.token`` and ``platform.token`` (mode 0600) in the data
-folder, and ``~/.modelcloud/config.json`` points the CLI at the gateway. Ctrl-C stops every
+First start: an admin user and the builder's and gateway's service accounts are created (no
+default password); their tokens are written to ``admin.token``, ``builder.token`` and
+``gateway.token`` (mode 0600) in the data folder (mode 0700: nobody but the platform's user
+reads anything in it), and ``~/.modelcloud/config.json`` points the CLI at the gateway. Each
+service account makes only its service's reads (``services/registry/accounts/
+service_roles.py``); the file store and metrics service act with their callers' tokens and
+hold none. A data folder from a version that gave both services one admin ``platform.token``
+has that token revoked and its file removed at the next start. Ctrl-C stops every
 service and every replica; the next start finds every service, version and online model as
 it left them (the builder starts the wanted replicas again on their ports).
 """
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +37,8 @@ from services.gateway.main import create_app as gateway_app
 from services.gateway.settings import GatewaySettings
 from services.metrics.main import create_app as metrics_app
 from services.metrics.settings import MetricsSettings
-from services.registry.admin import create_admin_user
+from services.registry.accounts.models import ServiceRole
+from services.registry.admin import create_admin_user, create_service_account, retire_token_owner
 from services.registry.main import create_app as registry_app
 from services.registry.settings import RegistrySettings
 
@@ -67,7 +74,8 @@ async def run(
     stop = stop or asyncio.Event()
     urls = {name: f"http://{host}:{port + i}" for i, name in enumerate(_SERVICES)}
     registry_settings = RegistrySettings(data_dir=data_dir / "registry", host=host, port=port + 1)
-    admin_file, platform_token = await _tokens(registry_settings, data_dir)
+    admin_file, service_tokens = await _tokens(registry_settings, data_dir)
+    replica_key = await asyncio.to_thread(_replica_key, data_dir)
     bus = LocalBus(data_dir / "events.db")
     await bus.start()
     apps: list[tuple[FastAPI, int]] = [
@@ -79,7 +87,8 @@ async def run(
                     host=host,
                     port=port + 2,
                     registry_url=urls["registry"],
-                    registry_token=platform_token,
+                    registry_token=service_tokens[ServiceRole.BUILDER],
+                    replica_key=replica_key,
                     stop_replicas_on_exit=True,
                 ),
                 bus=bus,
@@ -118,7 +127,8 @@ async def run(
                     builder_url=urls["builder"],
                     filestore_url=urls["filestore"],
                     metrics_url=urls["metrics"],
-                    registry_token=platform_token,
+                    registry_token=service_tokens[ServiceRole.GATEWAY],
+                    replica_key=replica_key,
                 ),
                 bus=bus,
             ),
@@ -162,24 +172,67 @@ _SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")
 
 def _prepare(data_dir: Path) -> Path:
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode goes through the umask and leaves an existing folder as it was (an older
+    # version made it 0755): the platform's user alone may enter it.
+    data_dir.chmod(0o700)
     return data_dir
 
 
-async def _tokens(settings: RegistrySettings, data_dir: Path) -> tuple[Path, str]:
+async def _tokens(
+    settings: RegistrySettings, data_dir: Path
+) -> tuple[Path, dict[ServiceRole, str]]:
+    """The admin's token file and each service's token, created on first start; the old
+    shared admin ``platform.token`` revoked and removed."""
     admin_file = data_dir / "admin.token"
+    if await asyncio.to_thread(_read_secret, admin_file) is None:
+        admin = await create_admin_user(settings, "admin")
+        await asyncio.to_thread(_write_secret, admin_file, admin)
+    tokens: dict[ServiceRole, str] = {}
+    for role in ServiceRole:
+        path = data_dir / f"{role}.token"
+        token = await asyncio.to_thread(_read_secret, path)
+        if not token:  # an account left without its file gets a new token
+            token = await create_service_account(settings, role.value, role)
+            await asyncio.to_thread(_write_secret, path, token)
+        tokens[role] = token
+    # Revoked rather than left unused: it sat where model code could read it, and an admin
+    # token nothing needs is only a risk. Revoked before its file goes, so a start that
+    # stops in between revokes it again next time.
     platform_file = data_dir / "platform.token"
-    if not admin_file.is_file():
-        _write_secret(admin_file, await create_admin_user(settings, "admin"))
-    if not platform_file.is_file():
-        _write_secret(platform_file, await create_admin_user(settings, "platform"))
-    return admin_file, platform_file.read_text().strip()
+    old = await asyncio.to_thread(_read_secret, platform_file)
+    if old is not None:
+        if old:
+            await retire_token_owner(settings, old)
+        await asyncio.to_thread(platform_file.unlink)
+    return admin_file, tokens
+
+
+def _read_secret(path: Path) -> str | None:
+    """The token in ``path``, or None without the file. Its mode is set to 0600 in passing:
+    an older version or a person may have left it readable to others."""
+    try:
+        path.chmod(0o600)
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _write_secret(path: Path, token: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(token + "\n")
+
+
+def _replica_key(data_dir: Path) -> str:
+    """The secret the builder and the gateway share (``replica.key``, made on first start):
+    replicas answer only calls that carry the key derived from it for their version."""
+    path = data_dir / "replica.key"
+    key = _read_secret(path)
+    if not key:
+        key = secrets.token_urlsafe(32)
+        _write_secret(path, key)
+    return key
 
 
 def _write_config(path: Path, platform: Platform) -> None:

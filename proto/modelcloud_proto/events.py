@@ -148,6 +148,13 @@ class VersionOnline(Event):
     timeout_s: float | None = Field(
         default=None, description="the service's bound on one call (performance notes)"
     )
+    # Absent in events from a registry older than this field: the gateway then forwards
+    # any one-segment POST except the model server's own /setup.
+    commands: list[str] | None = Field(
+        default=None,
+        description="the commands the version declares (its interface): the only POST "
+        "paths the gateway forwards",
+    )
 
 
 class VersionOffline(Event):

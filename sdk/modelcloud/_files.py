@@ -7,14 +7,13 @@
   which defeats DNS rebinding; no proxy from the environment), with a size cap on the
   decoded body;
 * uploaded or downloaded archives for directory inputs unpacked with no path leaving the
-  target folder and no links.
+  target folder and no links, their size, member count and tar headers bounded before
+  anything is written (``_archives``).
 """
 
 import ipaddress
 import shutil
 import socket
-import tarfile
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -24,7 +23,11 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from modelcloud import _archives
+from modelcloud._archives import ArchiveLimits, ArchiveRejected
+
 _MAX_REDIRECTS = 5
+DEFAULT_ARCHIVE_LIMITS = ArchiveLimits()
 _CHUNK = 1 << 16
 
 
@@ -39,6 +42,7 @@ class FilePolicy:
     max_download_bytes: int = 1 << 30
     download_timeout_s: float = 30.0
     extra_allowed_hosts: frozenset[str] = field(default_factory=frozenset)
+    archive_limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS  # for folder inputs
 
     def local_path(self, raw: str) -> Path:
         """Resolve ``raw`` and refuse it unless it lies inside one of the roots."""
@@ -57,9 +61,7 @@ class FilePolicy:
         if self.allow_private_urls or host in self.extra_allowed_hosts:
             return
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:
+        if not _public(ip):
             raise FileRejected(f"URL host {host} resolves to a non-public address")
 
     def _check_url(self, url: str) -> None:
@@ -112,6 +114,34 @@ class FilePolicy:
                         out.write(chunk)
                     return
         raise FileRejected(f"URL redirected more than {_MAX_REDIRECTS} times")
+
+
+# IPv6 forms that carry an IPv4 address in their low 32 bits and reach it through a
+# translator or a tunnel: `::ffff:0:0:0/96` (IPv4-translated), `::/96` (IPv4-compatible)
+# and the NAT64 well-known prefix `64:ff9b::/96`. Python's ``is_global`` judges the IPv6
+# prefix only, so `64:ff9b::7f00:1` (127.0.0.1 through NAT64) passed as public.
+_LOW_32_BITS = tuple(
+    ipaddress.IPv6Network(net) for net in ("::ffff:0:0:0/96", "::/96", "64:ff9b::/96")
+)
+# Local-use NAT64 (RFC 8215): the site's own translator, private whatever it embeds.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is a public unicast address; an IPv6 address that carries an IPv4
+    one (mapped, translated, compatible, NAT64, 6to4) is judged by the IPv4 address it
+    reaches, and a Teredo one by both of its IPv4 ends as well."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        carried = ip.ipv4_mapped or ip.sixtofour
+        if carried is None and any(ip in net for net in _LOW_32_BITS):
+            carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if carried is not None:
+            return _public(carried)
+        if ip.teredo is not None and not all(_public(end) for end in ip.teredo):
+            return False
+    return ip.is_global and not ip.is_multicast
 
 
 class _CheckedConnections(httpcore.NetworkBackend):
@@ -175,30 +205,12 @@ def safe_name(filename: str | None, fallback: str) -> str:
     return name if name not in ("", ".", "..") and "\x00" not in name else fallback
 
 
-def unpack_archive(archive: Path, target: Path) -> Path:
-    """Unpack a .zip or .tar(.gz/.bz2/.xz) into ``target``; reject escapes and links whole."""
-    target.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                _check_member(info.filename)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise FileRejected(f"archive member {info.filename} is a symbolic link")
-            zf.extractall(target)  # noqa: S202 - every member checked above
-        return target
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for member in members:
-                _check_member(member.name)
-                if not (member.isfile() or member.isdir()):
-                    raise FileRejected(f"archive member {member.name} is not a file or folder")
-            tf.extractall(target, members=members, filter="data")
-        return target
-    raise FileRejected("a folder must be given as a .zip or .tar archive")
-
-
-def _check_member(name: str) -> None:
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or "\x00" in name:
-        raise FileRejected(f"archive member {name!r} points outside the folder")
+def unpack_archive(
+    archive: Path, target: Path, limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS
+) -> Path:
+    """Unpack a .zip or .tar(.gz/.bz2/.xz) into the new folder ``target``; reject escapes,
+    links and anything over ``limits`` whole, leaving no ``target`` (see ``_archives``)."""
+    try:
+        return _archives.unpack_archive(archive, target, limits)
+    except ArchiveRejected as exc:
+        raise FileRejected(exc.message) from None

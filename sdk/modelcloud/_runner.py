@@ -1,6 +1,7 @@
 """``modelcloud.run()``: set the model up, then serve it over HTTP."""
 
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from modelcloud._runtime import ModelRuntime
 from modelcloud._server import create_app
 from modelcloud._settings import ServerSettings, SettingsError
 from modelcloud.exceptions import InvalidInput, SetupFailed
+from modelcloud_proto.replica_keys import REPLICA_KEY_VARIABLE
 
 log = logging.getLogger("modelcloud.server")
 
@@ -43,6 +45,8 @@ def run(
         ).with_env()
     except SettingsError as exc:
         sys.exit(f"modelcloud: {exc}")
+    # Read once, then kept from the processes the model's code starts (they need no key).
+    os.environ.pop(REPLICA_KEY_VARIABLE, None)
     configure_logging(settings.log_format)
     runtime = ModelRuntime(model, settings.file_policy(), concurrency=settings.concurrency)
 
@@ -58,7 +62,9 @@ def run(
             sys.exit(f"modelcloud: {exc.detail}")
     print(f"Starting model server at http://{settings.host}:{settings.port}...", flush=True)
     uvicorn.run(
-        create_app(runtime, max_body_bytes=settings.max_body_bytes),
+        create_app(
+            runtime, max_body_bytes=settings.max_body_bytes, replica_key=settings.replica_key
+        ),
         host=settings.host,
         port=settings.port,
         log_level="warning",

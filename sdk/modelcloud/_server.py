@@ -3,8 +3,14 @@
 Routes: ``POST /<command>`` (JSON, or multipart form data for uploads), ``GET /meta``,
 ``GET /healthz``, ``POST /setup``, ``GET /openapi.json``. Every error is an RFC 9457
 ``application/problem+json`` document; no traceback ever reaches the caller.
+
+Started by the platform, the server is given a replica key (``MODELCLOUD_REPLICA_KEY``) and
+answers only requests that carry it in ``X-ModelCloud-Replica-Key``: the gateway, which
+checks the caller's token, is then the only way in, whoever else can reach the port.
+``/healthz`` stays open to the platform's health checks. Run by hand, there is no key.
 """
 
+import hmac
 import json
 import logging
 import time
@@ -34,14 +40,26 @@ from modelcloud.exceptions import (
     UnsupportedMediaType,
 )
 from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE
+from modelcloud_proto.replica_keys import REPLICA_KEY_HEADER
 
 log = logging.getLogger("modelcloud.server")
 _MAX_FORM_FILES = 64
 _MAX_FORM_FIELDS = 256
 
 
-def create_app(runtime: ModelRuntime, *, max_body_bytes: int = 32 << 20) -> ASGIApp:
-    """An ASGI app serving ``runtime``'s model."""
+class ReplicaKeyRefused(ModelCloudError):
+    """The request lacks the replica key the platform gave this server (its only 401)."""
+
+    status = 401
+    slug = "replica-key-refused"
+    title = "Replica key missing or wrong"
+
+
+def create_app(
+    runtime: ModelRuntime, *, max_body_bytes: int = 32 << 20, replica_key: str | None = None
+) -> ASGIApp:
+    """An ASGI app serving ``runtime``'s model; with ``replica_key``, every request but
+    ``GET /healthz`` must carry it."""
     openapi: dict[str, Any] = {}
 
     async def healthz(request: Request) -> Response:
@@ -84,7 +102,7 @@ def create_app(runtime: ModelRuntime, *, max_body_bytes: int = 32 << 20) -> ASGI
             Exception: _unexpected_handler,
         },
     )
-    return _RequestGuard(app, max_body_bytes)
+    return _RequestGuard(app, max_body_bytes, replica_key)
 
 
 # ----------------------------------------------------------------------------- request bodies
@@ -183,12 +201,18 @@ async def _unexpected_handler(request: Request, exc: Exception) -> Response:
 # ----------------------------------------------------------------------------- middleware
 
 
-class _RequestGuard:
-    """Request ids, one log line per request, and the body size limit (a fast 413)."""
+_OPEN_PATHS = frozenset({"/healthz"})
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+
+class _RequestGuard:
+    """Request ids, one log line per request, the replica key (a 401 before the body is
+    read) and the body size limit (a fast 413)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, replica_key: str | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.replica_key = None if replica_key is None else replica_key.encode()
+        self.key_header = REPLICA_KEY_HEADER.lower().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -208,7 +232,9 @@ class _RequestGuard:
 
         declared = headers.get(b"content-length")
         early: ModelCloudError | None = None
-        if declared is not None and not declared.isdigit():
+        if not self._key_accepted(scope["path"], headers):
+            early = ReplicaKeyRefused(f"send this replica's key in {REPLICA_KEY_HEADER}")
+        elif declared is not None and not declared.isdigit():
             early = MalformedRequest("Content-Length is not a number")
         elif declared is not None and int(declared) > self.max_body_bytes:
             early = PayloadTooLarge(f"the body is over the limit of {self.max_body_bytes} bytes")
@@ -234,6 +260,12 @@ class _RequestGuard:
             await self.app(scope, limited_receive, send_with_id)
         finally:
             self._log(scope, status, started, request_id)
+
+    def _key_accepted(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        if self.replica_key is None or path in _OPEN_PATHS:
+            return True
+        # Constant time: the answer must not tell how much of a guess was right.
+        return hmac.compare_digest(headers.get(self.key_header, b""), self.replica_key)
 
     @staticmethod
     def _log(scope: Scope, status: int, started: float, request_id: str) -> None:

@@ -13,6 +13,9 @@ MODELCLOUD_FILE_ROOTS              extra folders (os.pathsep-separated) that    
                                    ``file`` inputs may name by local path
 MODELCLOUD_ALLOW_PRIVATE_URLS      let URL inputs reach private addresses        false
 MODELCLOUD_LOG_FORMAT              ``text`` or ``json``                          text
+MODELCLOUD_REPLICA_KEY             the key every request but ``GET /healthz``    (none)
+                                   must carry in ``X-ModelCloud-Replica-Key``
+                                   (401 without it); the platform sets it
 =================================  ============================================  ==========
 """
 
@@ -43,6 +46,7 @@ class ServerSettings:
     file_roots: tuple[Path, ...] = ()
     allow_private_urls: bool = False
     log_format: Literal["text", "json"] = "text"
+    replica_key: str | None = field(default=None, repr=False)
 
     def file_policy(self) -> FilePolicy:
         return FilePolicy(roots=self.file_roots, allow_private_urls=self.allow_private_urls)
@@ -63,6 +67,7 @@ class ServerSettings:
             ),
             "allow_private_urls": _flag,
             "log_format": _log_format,
+            "replica_key": _secret,
         }
         for name, read in readers.items():
             variable = ENV_PREFIX + name.upper()
@@ -102,6 +107,14 @@ def _flag(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError("must be true or false")
+
+
+def _secret(raw: str) -> str:
+    if not raw.strip():
+        # Refused rather than read as "no key": an empty value is a broken deployment, and
+        # a server that then answered anyone would hide it.
+        raise ValueError("must not be empty")
+    return raw
 
 
 def _log_format(raw: str) -> Literal["text", "json"]:

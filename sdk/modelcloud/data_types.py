@@ -592,7 +592,8 @@ class file(DataType):
 
     def _accept(self, downloaded: Path, ctx: DecodeContext) -> str:
         if self.is_directory:
-            return str(unpack_archive(downloaded, downloaded.parent / "unpacked"))
+            unpacked = downloaded.parent / "unpacked"
+            return str(unpack_archive(downloaded, unpacked, ctx.files.archive_limits))
         self._check_extension(downloaded.name)
         return str(downloaded)
 

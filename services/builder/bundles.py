@@ -1,5 +1,6 @@
 """Code bundles, fetched from the registry with the builder's own token and unpacked."""
 
+import asyncio
 import hashlib
 import tarfile
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from services.builder.backends.base import StepFailed
+from services.common.tar_guard import TarLimits, TarRejected, open_checked_tar
 
 STEP = "fetch the code bundle"
 
@@ -51,11 +53,19 @@ class BundleSource:
             raise StepFailed(STEP, "the bundle's SHA-256 is not the one the version recorded")
         source = into / "source"
         source.mkdir()
-        try:
-            with tarfile.open(archive, mode="r:*") as bundle:
-                # The registry checked the bundle whole; the data filter refuses anything
-                # that would leave the folder all the same.
-                bundle.extractall(source, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise StepFailed(STEP, f"the bundle cannot be unpacked: {exc}") from None
+        await asyncio.to_thread(_unpack, archive, source)
         return source
+
+
+def _unpack(archive: Path, source: Path) -> None:
+    """The registry checked the bundle at upload; a bundle stored before that check
+    existed is walked here again (bounded headers, members and size) before ``tarfile``
+    reads it, off the event loop, and the data filter refuses anything that would leave
+    the folder all the same."""
+    try:
+        with open_checked_tar(archive, TarLimits(), what="the bundle") as bundle:
+            bundle.extractall(source, filter="data")
+    except TarRejected as exc:
+        raise StepFailed(STEP, exc.message) from None
+    except (tarfile.TarError, OSError) as exc:
+        raise StepFailed(STEP, f"the bundle cannot be unpacked: {exc}") from None

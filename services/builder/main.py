@@ -24,6 +24,7 @@ from services.builder.deployments.router import router as deployments_router
 from services.builder.deployments.supervisor import Supervisor
 from services.builder.settings import BuilderSettings
 from services.common.access import RegistryAccess
+from services.common.body_limits import registry_token_check
 from services.common.database import create_engine, session_factory
 from services.common.events.bus import EventBus
 from services.common.events.choice import bus_for
@@ -125,6 +126,7 @@ def create_app(
         description="Builds code bundles into environments and runs their replicas.",
         lifespan=lifespan,
         max_request_bytes=settings.max_request_bytes,
+        token_check=registry_token_check,
     )
     app.include_router(builds_router)
     app.include_router(deployments_router)
@@ -143,5 +145,5 @@ def _runtime_for(settings: BuilderSettings, owner: str) -> Runtime:
     if settings.backend == "docker":
         from services.builder.backends.docker import ContainerRuntime
 
-        return ContainerRuntime(owner)
-    return ProcessRuntime(owner)
+        return ContainerRuntime(owner, settings)
+    return ProcessRuntime(owner, settings)

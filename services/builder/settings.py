@@ -47,7 +47,17 @@ class BuilderSettings(ServiceSettings):
         "python:X.Y-slim when a CPU version is not listed",
     )
     step_timeout_s: float = Field(default=1800, gt=0, description="the longest a build step runs")
-    replica_host: str = Field(default="127.0.0.1", description="where replicas listen")
+    replica_host: str = Field(
+        default="127.0.0.1",
+        description="where replicas listen: this machine only, by default; an address the "
+        "gateway reaches when it runs on another host",
+    )
+    replica_key: SecretStr | None = Field(
+        default=None,
+        description="the secret shared with the gateway (GATEWAY_REPLICA_KEY): each replica "
+        "gets the key derived from it for its version and answers only callers sending that "
+        "key; unset, replicas answer anyone who reaches their port",
+    )
     health_timeout_s: float = Field(default=300, gt=0, description="setup's longest wait")
     health_interval_s: float = Field(default=2.0, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
@@ -57,6 +67,29 @@ class BuilderSettings(ServiceSettings):
         "restarted builder adopts them)",
     )
     gpus: int = Field(default=0, ge=0, description="GPUs replicas of gpu services may use")
+    # The venv runtime's sandbox (services/builder/backends/sandbox.py).
+    sandbox: Literal["bwrap", "none"] = Field(
+        default="bwrap",
+        description="how build steps and replicas of the venv runtime are isolated: bwrap "
+        "(needs root and bubblewrap; the builder refuses to start without them), or none "
+        "(model code runs as the builder's user and can read the platform's tokens)",
+    )
+    sandbox_uid_base: int = Field(
+        default=61000, ge=1000, description="the first uid (and gid) handed to a project"
+    )
+    sandbox_uid_count: int = Field(
+        default=4000, ge=1, description="how many uids from the base projects may get"
+    )
+    # Replica containers (Docker runtime): a read-only root with two small writable tmpfs.
+    docker_memory_mb: int | None = Field(
+        default=None, gt=0, description="memory cap of a replica container (none by default)"
+    )
+    docker_pids_limit: int = Field(
+        default=4096, gt=0, description="most processes and threads a replica container runs"
+    )
+    docker_scratch_mb: int = Field(
+        default=2048, gt=0, description="size of a replica container's /tmp and of its home"
+    )
 
     def cache_root(self) -> Path:
         return (self.cache_dir or self.data_dir / "cache").resolve()

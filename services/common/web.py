@@ -1,10 +1,11 @@
 """What every service's FastAPI app has: problem+json errors, request and correlation ids
-bound to the logs, a request body limit, Prometheus metrics, ``/healthz`` and ``/readyz``."""
+bound to the logs, request body limits (``services/common/body_limits.py``), Prometheus
+metrics, ``/healthz`` and ``/readyz``."""
 
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -23,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, Problem
+from services.common.body_limits import BodyLimit, BodyLimits, Endpoint, TokenCheck
 from services.common.docs import docs_router
 from services.common.heap import settle_after_startup
-from services.common.problems import PayloadTooLarge, install_problem_handlers, problem_response
+from services.common.problems import install_problem_handlers
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 OPENAPI_URL = "/openapi.json"
@@ -51,10 +53,14 @@ def create_service_app(
     description: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     max_request_bytes: int,
+    route_body_bytes: Mapping[Endpoint, int] | None = None,
+    token_check: TokenCheck | None = None,
     serve_openapi: bool = True,
 ) -> FastAPI:
-    """``serve_openapi=False``: the app serves a document of its own at ``/openapi.json``
-    (the gateway's is the whole platform's)."""
+    """A request body may carry ``max_request_bytes``, or what ``route_body_bytes`` gives
+    its route's endpoint (uploads); ``token_check`` accepts the caller before a body past
+    ``max_request_bytes`` is read. ``serve_openapi=False``: the app serves a document of
+    its own at ``/openapi.json`` (the gateway's is the whole platform's)."""
 
     @contextlib.asynccontextmanager
     async def started(app: FastAPI) -> AsyncIterator[None]:
@@ -78,9 +84,10 @@ def create_service_app(
     app.state.metrics_registry = registry
     app.include_router(_observability_router(registry))
     app.include_router(docs_router(app, OPENAPI_URL))
-    app.add_middleware(
-        RequestContext, service=service, registry=registry, max_bytes=max_request_bytes
-    )
+    limits = BodyLimits(max_request_bytes, dict(route_body_bytes or {}), token_check)
+    app.add_middleware(BodyLimit, limits=limits)
+    # Added last, so outermost: its log line and metrics see the body limits' answers too.
+    app.add_middleware(RequestContext, service=service, registry=registry)
     return app
 
 
@@ -126,13 +133,10 @@ def _observability_router(registry: CollectorRegistry) -> APIRouter:
 
 
 class RequestContext:
-    """Per request: ids bound to the logs and echoed back, a fast 413, metrics, one log line."""
+    """Per request: ids bound to the logs and echoed back, metrics, one log line."""
 
-    def __init__(
-        self, app: ASGIApp, *, service: str, registry: CollectorRegistry, max_bytes: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, service: str, registry: CollectorRegistry) -> None:
         self.app = app
-        self.max_bytes = max_bytes
         self.log = structlog.get_logger("modelcloud.http")
         self.requests = Counter(
             "http_requests_total",
@@ -172,12 +176,7 @@ class RequestContext:
             await send(message)
 
         try:
-            declared = headers.get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                too_large = PayloadTooLarge(f"the body is over the limit of {self.max_bytes} bytes")
-                await problem_response(too_large, scope["path"])(scope, receive, send_with_ids)
-                return
-            await self.app(scope, self._limited(receive), send_with_ids)
+            await self.app(scope, receive, send_with_ids)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - started
@@ -191,20 +190,6 @@ class RequestContext:
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
-
-    def _limited(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"the body is over the limit of {self.max_bytes} bytes")
-            return message
-
-        return limited
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:

@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from services.common.access import RegistryAccess
+from services.common.body_limits import registry_token_check
 from services.common.database import create_engine, session_factory
 from services.common.logging import configure_logging
 from services.common.migrations import upgrade
@@ -16,13 +17,17 @@ from services.common.web import add_database_check, add_readiness_check, create_
 from services.filestore.blobs.local import LocalBlobs
 from services.filestore.blobs.s3 import S3Blobs
 from services.filestore.blobs.store import BlobStore
+from services.filestore.files.router import link, upload
 from services.filestore.files.router import router as files_router
 from services.filestore.memory import return_large_buffers
 from services.filestore.settings import FilestoreSettings
+from services.filestore.transfers.router import complete_upload, download_links, store_pack
 from services.filestore.transfers.router import router as transfers_router
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION = "0.1.0"
+# A link, download or completion request of its most items (10,000 paths of up to 1 KiB).
+_LIST_BODY_BYTES = 16 << 20
 
 
 def create_app(
@@ -64,7 +69,15 @@ def create_app(
         version=VERSION,
         description="Model files by project, model and version, stored by content.",
         lifespan=lifespan,
-        max_request_bytes=settings.max_file_bytes,
+        max_request_bytes=settings.max_request_bytes,
+        route_body_bytes={
+            upload: settings.max_file_bytes,  # streamed to the blob store as it arrives
+            store_pack: settings.pack_max_bytes,  # likewise, to a scratch file
+            link: _LIST_BODY_BYTES,
+            download_links: _LIST_BODY_BYTES,
+            complete_upload: _LIST_BODY_BYTES,
+        },
+        token_check=registry_token_check,
     )
     app.include_router(files_router)
     app.include_router(transfers_router)

@@ -2,6 +2,15 @@
 ``/models/{project}/{service}/{path}`` for the newest one online; ``path`` is a command,
 ``meta``, ``openapi.json`` or ``healthz`` of the model's own server.
 
+Only those are forwarded: ``POST`` of a command the version declares (its interface, as the
+registry read it) and ``GET`` of ``meta``, ``healthz`` and ``openapi.json``; anything else
+is a 404 here and never reaches the replica. ``POST /setup`` is not forwarded at all, for
+any caller: setup options belong to the deployment, not to whoever calls it (one caller's
+options would answer every later caller's calls). A command the registry could not read
+from ``cloud_model.py`` (an upload warning names it) is not callable through the gateway.
+Every forwarded call and health probe carries the key the version's replicas ask of their
+callers (:mod:`modelcloud_proto.replica_keys`), so nothing else on the host can call them.
+
 A call needs a token with read access to the project (any valid token for a public
 service); the token stays here: the replica gets the caller's name in ``X-ModelCloud-User``.
 A call is retried on another replica only when the first refused the connection (it never
@@ -18,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from yarl import URL
 
+from modelcloud_proto.replica_keys import REPLICA_KEY_HEADER
 from services.common.access import RegistryAccess
 from services.common.problems import (
     BadGateway,
@@ -36,13 +46,17 @@ _PASSED_BACK = ("content-type", "retry-after")
 
 
 class CallMetrics:
+    """Labelled by version id, never by project or service name: ``/metrics`` answers
+    anyone, and the names of private projects and services are theirs. The registry maps
+    an id back to its name for whoever may read the project."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["project", "service", "api_version", "status"]
+        labels = ["version_id", "status"]
         self.calls = Counter("model_calls_total", "Model calls", labels, registry=registry)
         self.latency = Histogram(
             "model_call_duration_seconds",
             "Model call latency through the gateway",
-            labels[:3],
+            labels[:1],
             registry=registry,
         )
 
@@ -90,12 +104,12 @@ async def _call(
         user = (await access.check(authorization, project)).user
     if route is None:
         raise NotFound(_not_online(table, project, service, api_version))
+    if not route.allows(request.method, path):
+        raise NotFound(_not_callable(route, request.method, path))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
         raise PayloadTooLarge(f"a model call carries at most {settings.max_request_bytes} bytes")
-    body = await request.body()
-    if len(body) > settings.max_request_bytes:
-        raise PayloadTooLarge(f"a model call carries at most {settings.max_request_bytes} bytes")
+    body = await _body_within(request, settings.max_request_bytes)
     headers = {k: v for k, v in request.headers.items() if k in _PASSED_ON}
     headers["x-modelcloud-user"] = user
     metrics: CallMetrics = state.call_metrics
@@ -106,9 +120,9 @@ async def _call(
         status = answer.status_code
         return answer
     finally:
-        labels = (project, service, str(route.api_version))
-        metrics.calls.labels(*labels, str(status)).inc()
-        metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+        version_id = str(route.version_id)
+        metrics.calls.labels(version_id, str(status)).inc()
+        metrics.latency.labels(version_id).observe(time.perf_counter() - started)
 
 
 async def _forward(
@@ -144,10 +158,11 @@ async def _forward(
             path=f"/{path}",
             query_string=request.url.query,
         )
+        sent = headers if backend.key is None else {**headers, REPLICA_KEY_HEADER: backend.key}
         backend.outstanding += 1
         try:
             async with session.request(
-                request.method, url, data=body, headers=headers, timeout=timeout
+                request.method, url, data=body, headers=sent, timeout=timeout
             ) as answer:
                 content = await answer.read()
         except aiohttp.ClientConnectorError:
@@ -163,9 +178,40 @@ async def _forward(
             raise BadGateway(f"the replica failed mid-call: {type(exc).__name__}") from None
         finally:
             backend.outstanding -= 1
+        if answer.status == 401:
+            # A model server answers 401 only when it refused the replica key: the gateway's
+            # and the builder's secrets differ, which is no fault of the caller's token.
+            raise BadGateway(
+                f"{route.service} v{route.api_version} refused the gateway's replica key "
+                "(GATEWAY_REPLICA_KEY must equal BUILDER_REPLICA_KEY)"
+            )
         passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_BACK}
         passed["x-modelcloud-api-version"] = str(route.api_version)
         return Response(content, status_code=answer.status, headers=passed)
+
+
+def _not_callable(route: Route, method: str, path: str) -> str:
+    name = f"{route.project}/{route.service} v{route.api_version}"
+    path = path if len(path) <= 100 else path[:100] + "..."
+    if path == "setup":
+        return f"{name}: setup options belong to the deployment; /setup is not callable here"
+    if method == "POST" and route.commands is not None:
+        listed = ", ".join(sorted(route.commands)) or "none"
+        return f"{path!r} is not a command of {name} (commands: {listed})"
+    return f"{method} {path!r} is not callable on {name}"
+
+
+async def _body_within(request: Request, limit: int) -> bytes:
+    """The call's body, refused the moment it passes ``limit``: a chunked body declares no
+    length, and reading it whole first held 584 MiB for a 400 MiB body before its 413."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"a model call carries at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _not_online(table: RoutingTable, project: str, service: str, api_version: int | None) -> str:

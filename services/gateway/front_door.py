@@ -54,12 +54,15 @@ async def front_door(path: str, request: Request) -> StreamingResponse:
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP]
     if "content-length" in request.headers:
         headers.append(("content-length", request.headers["content-length"]))
+    # A request that came with no body goes on with none: a stream would be sent chunked,
+    # and a service refuses a body with no token unread (services/common/body_limits.py).
+    sent_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     outgoing = client.build_request(
         request.method,
         f"/v1/{path}",
         params=request.url.query,  # as sent: repeated keys (?run=a&run=b) kept
         headers=headers,
-        content=request.stream(),
+        content=request.stream() if sent_body else None,
     )
     try:
         answer = await client.send(outgoing, stream=True)

@@ -71,7 +71,12 @@ def create_app(
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
-        table = RoutingTable(max_outstanding=settings.max_outstanding, eject_s=settings.eject_s)
+        replica_key = settings.replica_key
+        table = RoutingTable(
+            max_outstanding=settings.max_outstanding,
+            eject_s=settings.eject_s,
+            replica_key=None if replica_key is None else replica_key.get_secret_value(),
+        )
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=reach.get("registry")
         )

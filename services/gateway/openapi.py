@@ -26,8 +26,9 @@ MODEL_CALLS: dict[str, Any] = {
             "summary": "Call a published API version of a model",
             "description": "The body and the answer are the model's own (its document is at "
             "`/models/{project}/{service}/v{api_version}/openapi.json`). 404 when that "
-            "version is not online, 503 with Retry-After when every replica is busy, 504 "
-            "past the service's timeout.",
+            "version is not online or does not declare `command` (`setup` is never "
+            "callable here), 503 with Retry-After when every replica is busy, 504 past the "
+            "service's timeout.",
             "parameters": [
                 {"name": n, "in": "path", "required": True, "schema": {"type": t}}
                 for n, t in (

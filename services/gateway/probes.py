@@ -11,6 +11,7 @@ import logging
 
 import aiohttp
 
+from modelcloud_proto.replica_keys import REPLICA_KEY_HEADER
 from services.gateway.routing import Backend, RoutingTable
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,12 @@ PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1)
 
 
 async def healthy(session: aiohttp.ClientSession, backend: Backend) -> bool:
+    # The key goes with the probe too: the SDK's /healthz answers without one (the builder's
+    # checks need none), but a model server that asks it of every path still lets this in.
+    headers = {} if backend.key is None else {REPLICA_KEY_HEADER: backend.key}
+    url = f"http://{backend.address}/healthz"
     try:
-        async with session.get(f"http://{backend.address}/healthz", timeout=PROBE_TIMEOUT) as r:
+        async with session.get(url, headers=headers, timeout=PROBE_TIMEOUT) as r:
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False

@@ -10,6 +10,10 @@ Choice of replica: the service's declared device picks the pool (``gpu`` -> gpu 
 are busy); inside a pool the replica with the fewest calls in flight wins. A replica that
 refused a connection is ejected: it rests, and :mod:`services.gateway.probes` asks its
 ``/healthz`` until it answers, then puts it back (a rest lasts ``eject_s`` per failed probe).
+
+Each route also holds what may be called on it (the commands its version declares) and the
+key its replicas ask of callers (:mod:`modelcloud_proto.replica_keys`), derived here from
+the secret the gateway shares with the builder.
 """
 
 import time
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from modelcloud_proto.events import Replica
+from modelcloud_proto.replica_keys import version_key
 from modelcloud_proto.specs import Device
 
 
@@ -25,6 +30,7 @@ from modelcloud_proto.specs import Device
 class Backend:
     address: str
     pool: Device
+    key: str | None = None  # what its replica asks of callers, when the platform sets one
     outstanding: int = 0
     ejected_until: float = 0.0
 
@@ -42,7 +48,26 @@ class Route:
     device: Device
     public: bool
     timeout_s: float | None = None  # the service's own bound on a call, if it declared one
+    # The commands its version declares; None when the registry did not say (an older one).
+    commands: frozenset[str] | None = None
     backends: list[Backend] = field(default_factory=list)
+    key: str | None = None  # set by the table
+
+    def allows(self, method: str, path: str) -> bool:
+        """Whether the gateway forwards ``method /path`` to this version's replicas."""
+        if method == "GET":
+            return path in READS
+        if method != "POST":
+            return False
+        if self.commands is None:
+            return bool(path) and "/" not in path and path not in READS | _SERVER_ONLY
+        return path in self.commands
+
+
+# What a caller may read of a model server besides its commands; ``POST /setup`` is the
+# server's own and never forwarded (see :mod:`services.gateway.calls`).
+READS = frozenset({"meta", "healthz", "openapi.json"})
+_SERVER_ONLY = frozenset({"setup"})
 
 
 class AllBusy(Exception):
@@ -50,15 +75,20 @@ class AllBusy(Exception):
 
 
 class RoutingTable:
-    def __init__(self, *, max_outstanding: int, eject_s: float) -> None:
+    def __init__(
+        self, *, max_outstanding: int, eject_s: float, replica_key: str | None = None
+    ) -> None:
         self.max_outstanding = max_outstanding
         self.eject_s = eject_s
+        self._replica_key = replica_key
         self._routes: dict[tuple[str, str], dict[int, Route]] = {}
 
     # ------------------------------------------------------------------ updates
 
     def online(self, route: Route, replicas: list[Replica]) -> None:
-        route.backends = [Backend(r.address, r.pool) for r in replicas]
+        if self._replica_key is not None:
+            route.key = version_key(self._replica_key, route.version_id)
+        route.backends = [Backend(r.address, r.pool, route.key) for r in replicas]
         versions = self._routes.setdefault((route.project, route.service), {})
         for api_version, known in list(versions.items()):
             if known.version_id == route.version_id and api_version != route.api_version:
@@ -84,7 +114,7 @@ class RoutingTable:
                         backend.pool = replica.pool
                         backend.ejected_until = 0.0
                 if all(b.address != replica.address for b in kept):
-                    kept.append(Backend(replica.address, replica.pool))
+                    kept.append(Backend(replica.address, replica.pool, route.key))
                 route.backends = kept
 
     # ------------------------------------------------------------------ lookups

@@ -18,6 +18,12 @@ class GatewaySettings(ServiceSettings):
     registry_token: SecretStr | None = Field(
         default=None, description="the gateway's own token, to read what is online at start"
     )
+    replica_key: SecretStr | None = Field(
+        default=None,
+        description="the secret shared with the builder (BUILDER_REPLICA_KEY): each call and "
+        "probe carries the key derived from it for the replica's version; unset, replicas "
+        "are called without one",
+    )
     auth_cache_s: float = Field(default=5.0, ge=0)
     call_timeout_s: float = Field(
         default=120,

@@ -36,6 +36,7 @@ async def load_from_registry(table: RoutingTable, registry: httpx.AsyncClient) -
                 if version["state"] != "online" or version["api_version"] is None:
                     continue
                 performance = service.get("performance") or {}
+                interface = version.get("interface") or {}
                 table.online(
                     Route(
                         project=name,
@@ -46,11 +47,19 @@ async def load_from_registry(table: RoutingTable, registry: httpx.AsyncClient) -
                         device=Device(performance.get("device", "any")),
                         public=bool(service.get("public")),
                         timeout_s=performance.get("timeout_s"),
+                        commands=_commands(interface),
                     ),
                     [Replica.model_validate(r) for r in version["replicas"]],
                 )
                 count += 1
     return count
+
+
+def _commands(interface: dict[str, Any]) -> frozenset[str] | None:
+    """The command names of a version's interface, as the registry read it at upload."""
+    if "commands" not in interface:
+        return None  # a registry that does not say: see Route.allows
+    return frozenset(str(command["name"]) for command in interface["commands"])
 
 
 async def _get(client: httpx.AsyncClient, path: str) -> list[dict[str, Any]]:
@@ -74,6 +83,7 @@ def apply(table: RoutingTable, envelope: Envelope) -> None:
                     device=event.device,
                     public=event.public,
                     timeout_s=event.timeout_s,
+                    commands=None if event.commands is None else frozenset(event.commands),
                 ),
                 event.replicas,
             )

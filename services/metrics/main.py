@@ -11,6 +11,7 @@ import httpx
 from fastapi import FastAPI
 
 from services.common.access import RegistryAccess
+from services.common.body_limits import DEFAULT_BODY_BYTES, registry_token_check
 from services.common.database import create_engine, session_factory
 from services.common.logging import configure_logging
 from services.common.migrations import upgrade
@@ -18,11 +19,14 @@ from services.common.web import add_database_check, create_service_app
 from services.metrics.page.router import router as page_router
 from services.metrics.runs import service
 from services.metrics.runs.live import LiveHub
+from services.metrics.runs.router import create_run, log_metrics, log_params
 from services.metrics.runs.router import router as runs_router
 from services.metrics.settings import MetricsSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION = "0.1.0"
+# A run's parameters at their most: 1,000 of up to 2,000 characters each.
+_PARAMS_BODY_BYTES = 4 << 20
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +83,13 @@ def create_app(
         version=VERSION,
         description="Training runs: hyperparameters and metrics per step, compared live.",
         lifespan=lifespan,
-        max_request_bytes=settings.max_request_bytes,
+        max_request_bytes=DEFAULT_BODY_BYTES,
+        route_body_bytes={
+            create_run: _PARAMS_BODY_BYTES,
+            log_params: _PARAMS_BODY_BYTES,
+            log_metrics: settings.max_request_bytes,  # a batch of up to 100,000 points
+        },
+        token_check=registry_token_check,
     )
     app.include_router(page_router)  # before the runs: /dashboard is not a run id
     app.include_router(runs_router)

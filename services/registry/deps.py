@@ -4,9 +4,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.routing import APIRoute
 
+from services.common.problems import Forbidden
 from services.registry.accounts.models import User
 from services.registry.accounts.service import authenticate
+from services.registry.accounts.service_roles import may_call
 from services.registry.settings import RegistrySettings
 from services.registry.unit_of_work import UnitOfWork
 
@@ -25,10 +28,22 @@ UnitOfWorkDep = Annotated[UnitOfWork, Depends(unit_of_work)]
 
 
 async def current_user(
+    request: Request,
     uow: UnitOfWorkDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> User:
-    return await authenticate(session=uow.session, authorization=authorization)
+    """The caller; a platform service's account only on the routes its role lists (403
+    elsewhere), before the route does anything."""
+    user = await authenticate(session=uow.session, authorization=authorization)
+    if user.service_role is not None:
+        route = request.scope.get("route")
+        template = route.path if isinstance(route, APIRoute) else None
+        if not may_call(user.service_role, request.method, template):
+            raise Forbidden(
+                f"the {user.service_role} service account may not call "
+                f"{request.method} {template or request.url.path}"
+            )
+    return user
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

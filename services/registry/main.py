@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.requests import HTTPConnection
 
 from services.common.database import create_engine, session_factory
 from services.common.events.bus import EventBus
@@ -21,14 +22,19 @@ from services.common.migrations import upgrade
 from services.common.web import add_database_check, create_service_app
 from services.registry import consumers
 from services.registry.accounts.router import router as accounts_router
+from services.registry.accounts.service import authenticate
 from services.registry.bundles.store import BundleStore
 from services.registry.model_services.router import router as services_router
 from services.registry.projects.router import router as projects_router
 from services.registry.settings import RegistrySettings
+from services.registry.versions.router import register_version
 from services.registry.versions.router import router as versions_router
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION = "0.1.0"
+# What a bundle's multipart body carries beside the bundle itself (its boundaries, headers
+# and the version field).
+_FORM_OVERHEAD_BYTES = 64 << 10
 
 
 def create_app(settings: RegistrySettings | None = None, *, bus: EventBus | None = None) -> FastAPI:
@@ -76,8 +82,17 @@ def create_app(settings: RegistrySettings | None = None, *, bus: EventBus | None
         version=VERSION,
         description="Projects, service groups, model services, versions and their lifecycle.",
         lifespan=lifespan,
-        max_request_bytes=settings.max_bundle_bytes,
+        max_request_bytes=settings.max_request_bytes,
+        route_body_bytes={register_version: settings.max_bundle_bytes + _FORM_OVERHEAD_BYTES},
+        token_check=_known_token,
     )
     for router in (accounts_router, projects_router, services_router, versions_router):
         app.include_router(router)
     return app
+
+
+async def _known_token(connection: HTTPConnection) -> None:
+    """A bundle past the default body limit is read only for a valid token: FastAPI reads
+    the form before the route's own token check runs."""
+    async with connection.app.state.sessions() as session:
+        await authenticate(session=session, authorization=connection.headers.get("authorization"))

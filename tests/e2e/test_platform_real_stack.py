@@ -96,9 +96,11 @@ class Stack:
         return done.stdout
 
 
-def admin_token(env: dict[str, str], name: str) -> str:
+def admin_token(env: dict[str, str], name: str, role: str | None = None) -> str:
+    """A new admin's token, or with ``role`` a service account's (not an admin)."""
+    command = ["create-service-account", name, "--role", role] if role else ["create-admin", name]
     return subprocess.run(
-        [str(BIN / "modelcloud"), "registry", "create-admin", name],
+        [str(BIN / "modelcloud"), "registry", *command],
         env=env,
         capture_output=True,
         text=True,
@@ -131,7 +133,8 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
     )
     stack: Stack | None = None
     try:
-        platform_token = admin_token(env | registry_env, "platform")
+        builder_token = admin_token(env | registry_env, "builder", role="builder")
+        gateway_token = admin_token(env | registry_env, "gateway", role="gateway")
         token = admin_token(env | registry_env, "admin")
         stack = Stack(
             tmp_path,
@@ -144,7 +147,7 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
                     "BUILDER_BROKER_URL": RABBITMQ,
                     "BUILDER_OUTBOX_POLL_INTERVAL_S": "0.05",
                     "BUILDER_REGISTRY_URL": f"http://127.0.0.1:{ports['registry']}",
-                    "BUILDER_REGISTRY_TOKEN": platform_token,
+                    "BUILDER_REGISTRY_TOKEN": builder_token,
                     "BUILDER_BACKEND": "docker",
                     "BUILDER_DOCKER_BASE_IMAGES": json.dumps({"3.11": docker_base_image}),
                     "BUILDER_FIND_LINKS": json.dumps(os.environ.get("PIP_FIND_LINKS", "").split()),
@@ -165,7 +168,7 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
                     "GATEWAY_REGISTRY_URL": f"http://127.0.0.1:{ports['registry']}",
                     "GATEWAY_BUILDER_URL": f"http://127.0.0.1:{ports['builder']}",
                     "GATEWAY_FILESTORE_URL": f"http://127.0.0.1:{ports['filestore']}",
-                    "GATEWAY_REGISTRY_TOKEN": platform_token,
+                    "GATEWAY_REGISTRY_TOKEN": gateway_token,
                 },
             },
         )

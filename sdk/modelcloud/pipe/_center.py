@@ -10,6 +10,7 @@ re-read unchanged files.
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modelcloud.pipe._paths import INTERNAL_PREFIX
+from modelcloud.pipe._paths import INTERNAL_PREFIX, local_target
 from modelcloud.pipe.errors import PipeError
 
+log = logging.getLogger("modelcloud.pipe")
 CHUNK = 1 << 20
 INDEX_NAME = f"{INTERNAL_PREFIX}-index.json"
 Progress = Callable[[int], None]
@@ -70,11 +72,16 @@ class VersionFolder:
         self.root = root
 
     def files(self) -> Iterator[tuple[str, Path]]:
+        """The version's files. The pipe writes no links here, so a link someone put in a
+        shared center is not a file of the version: following it would hand out (and
+        index) whatever it points at."""
         if not self.root.is_dir():
             return
         for path in sorted(self.root.rglob("*")):
             relative = path.relative_to(self.root).as_posix()
-            if path.is_file() and not relative.split("/", 1)[0].startswith(INTERNAL_PREFIX):
+            if path.is_symlink():
+                log.warning("%s: a symbolic link in the center, left out of the pipe", path)
+            elif path.is_file() and not relative.split("/", 1)[0].startswith(INTERNAL_PREFIX):
                 yield relative, path
 
     def attributes(self) -> list[FileAttributes]:
@@ -159,9 +166,10 @@ class LocalCenter:
         return self._folder.attributes()
 
     def store(self, files: list[tuple[Path, str]], progress: Progress | None) -> None:
-        for source, name in files:
+        targets = [local_target(self._folder.root, name) for _, name in files]
+        for (source, name), target in zip(files, targets, strict=True):
             try:
-                sha256 = copy_file(source, self._folder.root / name, progress)
+                sha256 = copy_file(source, target, progress)
             except OSError as exc:
                 raise PipeError(f"cannot import {source} as {name}: {exc}", name) from exc
             self._folder.remember(name, sha256)
@@ -169,12 +177,12 @@ class LocalCenter:
     def fetch(self, files: list[tuple[str, Path]], progress: Progress | None) -> None:
         for name, target in files:
             try:
-                copy_file(self._folder.root / name, target, progress)
+                copy_file(local_target(self._folder.root, name), target, progress)
             except OSError as exc:
                 raise PipeError(f"cannot pull {name} to {target}: {exc}", name) from exc
 
     def delete(self, name: str) -> None:
-        path = self._folder.root / name
+        path = local_target(self._folder.root, name)
         path.unlink()
         folder = path.parent
         while folder != self._folder.root and folder.is_dir() and not any(folder.iterdir()):

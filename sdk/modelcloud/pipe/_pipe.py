@@ -33,9 +33,9 @@ from urllib.parse import quote
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from modelcloud.pipe._center import Center, FileAttributes, LocalCenter, sha256_of
-from modelcloud.pipe._paths import safe_component, safe_relative
+from modelcloud.pipe._paths import local_target, safe_component, safe_relative
 from modelcloud.pipe._remote import RemoteCenter, list_remote
-from modelcloud.pipe.errors import PipeError, PipeFileNotFound
+from modelcloud.pipe.errors import PipeError, PipeFileNotFound, UnsafePath
 
 SortBy = Literal["name", "mod", "size"]
 _PROGRESS_FROM_BYTES = 32 << 20
@@ -152,7 +152,8 @@ class FilePipe:
         self, path: str | os.PathLike[str], subdir: str | None = None, move: bool = False
     ) -> str:
         """Copy (or, with ``move=True``, move) a local file into the center; returns its name
-        there (``subdir/<file name>``)."""
+        there (``subdir/<file name>``). A symbolic link named here is followed: the file it
+        leads to is the one asked for."""
         source = Path(path)
         if not source.is_file():
             raise PipeFileNotFound(f"no such file to import: {source}", str(source))
@@ -167,14 +168,27 @@ class FilePipe:
         self, path: str | os.PathLike[str], subdir: str | None = None, move: bool = False
     ) -> list[str]:
         """Copy (or move) every file under a local folder into the center, keeping their
-        relative paths (under ``subdir`` when given); returns the names stored."""
+        relative paths (under ``subdir`` when given); returns the names stored.
+
+        A symbolic link to a file inside the folder is imported as that file; a link that
+        leads outside the folder refuses the whole import (:class:`UnsafePath`, naming
+        it) before anything is sent, so a folder cannot carry out a file it does not hold.
+        Links to folders are not followed."""
         source = Path(path)
         if not source.is_dir():
             raise PipeFileNotFound(f"no such folder to import: {source}", str(source))
+        inside = source.resolve()
         files = []
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
             relative = file.relative_to(source).as_posix()
-            files.append((file, safe_relative(f"{subdir}/{relative}" if subdir else relative)))
+            name = safe_relative(f"{subdir}/{relative}" if subdir else relative)
+            if file.is_symlink() and not file.resolve().is_relative_to(inside):
+                raise UnsafePath(
+                    f"{file} is a link to {file.resolve()}, outside {source}; nothing was "
+                    "imported (copy the file into the folder to import it)",
+                    name,
+                )
+            files.append((file, name))
         with self._progress(sum(p.stat().st_size for p, _ in files)) as advance:
             self._center.store(files, advance)
         if move:
@@ -219,23 +233,30 @@ class FilePipe:
             raise PipeFileNotFound(f"{clean} is not in {self.model_name}/{self.version}", clean)
         target = Path(local_path)
         if target.is_dir() or str(local_path).endswith(("/", os.sep)):
-            target = target / clean
-        self._pull([known[clean]], lambda _: target)
+            target = local_target(target, clean)
+        self._pull({clean: target}, known)
         return target
 
     def pull_dir(self, local_path: str | os.PathLike[str]) -> list[str]:
         """Bring a local folder up to date with this version: only new or changed files
-        are copied; returns their names."""
-        root = Path(local_path)
-        return self._pull(self._center.attributes(), lambda name: root / name)
+        are copied; returns their names.
 
-    def _pull(self, wanted: list[FileAttributes], target_of: Any) -> list[str]:
-        changed = [a for a in wanted if not _same(a, target_of(a.name))]
+        Every name is checked before anything is written: one that would leave the folder
+        (``..``, absolute, a drive) or pass through a symbolic link in it refuses the pull
+        with :class:`UnsafePath` naming the file."""
+        root = Path(local_path)
+        known = {a.name: a for a in self._center.attributes()}
+        return self._pull({name: local_target(root, name) for name in known}, known)
+
+    def _pull(self, targets: dict[str, Path], known: dict[str, FileAttributes]) -> list[str]:
+        changed = [
+            known[name] for name, target in targets.items() if not _same(known[name], target)
+        ]
         with self._progress(sum(a.size for a in changed)) as advance:
-            self._center.fetch([(a.name, target_of(a.name)) for a in changed], advance)
+            self._center.fetch([(a.name, targets[a.name]) for a in changed], advance)
         for attributes in changed:
             mtime = attributes.mtime_ns
-            os.utime(target_of(attributes.name), ns=(mtime, mtime))
+            os.utime(targets[attributes.name], ns=(mtime, mtime))
         return [a.name for a in changed]
 
     # ------------------------------------------------------------------ delete

@@ -44,7 +44,7 @@ import httpx
 from modelcloud.pipe._center import CHUNK, FileAttributes, Progress
 from modelcloud.pipe._digests import DigestCache
 from modelcloud.pipe._objects import ObjectReader
-from modelcloud.pipe._paths import INTERNAL_PREFIX
+from modelcloud.pipe._paths import INTERNAL_PREFIX, safe_relative
 from modelcloud.pipe.errors import PipeError, PipeFileNotFound
 
 _LINK_BATCH = 1000
@@ -169,15 +169,7 @@ class RemoteCenter:
 
     def attributes(self) -> list[FileAttributes]:
         entries = self._checked(self._http.get(f"{self._base}/files"), None).json()
-        return [
-            FileAttributes(
-                name=e["path"],
-                size=int(e["size"]),
-                mtime_ns=int(datetime.fromisoformat(e["modified_at"]).timestamp() * 1e9),
-                sha256=e["sha256"],
-            )
-            for e in entries
-        ]
+        return [_entry(e) for e in entries]
 
     # ------------------------------------------------------------------ push
 
@@ -529,6 +521,24 @@ class RemoteCenter:
         if response.status_code == 404:
             raise PipeFileNotFound(f"{what}{detail}", name)
         raise PipeError(f"{what}the file store answered {response.status_code}: {detail}", name)
+
+
+def _entry(entry: Any) -> FileAttributes:
+    """One file of the store's listing, checked: the name becomes a local path on pulls, so
+    one that would leave the folder is refused (:class:`UnsafePath`) before any write."""
+    name = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(name, str):
+        raise PipeError(f"the file store listed a file without a name: {str(entry)[:200]}")
+    name = safe_relative(name, "file name sent by the file store")
+    try:
+        return FileAttributes(
+            name=name,
+            size=int(entry["size"]),
+            mtime_ns=int(datetime.fromisoformat(entry["modified_at"]).timestamp() * 1e9),
+            sha256=str(entry["sha256"]),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise PipeError(f"the file store listed {name} with bad attributes: {exc}", name) from exc
 
 
 def _close_all(

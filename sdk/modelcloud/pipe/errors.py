@@ -2,7 +2,8 @@
 
 PipeError            base class
 ├── PipeFileNotFound  a file is not in the center (or not on the local side)
-└── UnsafePath        a name that would leave its folder (``..``, absolute, NUL, ``\\``)
+└── UnsafePath        a name that would leave its folder (``..``, absolute, a drive, NUL,
+                      ``\\``, a symbolic link on the way)
 """
 
 

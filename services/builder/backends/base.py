@@ -36,6 +36,7 @@ class BuildJob:
     spec: BuildSpec
     device: Device
     source: Path  # the unpacked, already checked bundle
+    project: str = ""  # whose code it is: the venv runtime's sandbox user is the project's
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ReplicaSpec:
     gpu: bool
     log_path: Path
     environment: dict[str, str] = field(default_factory=dict)
+    project: str = ""  # whose code it is: the venv runtime's sandbox user is the project's
 
 
 class Runtime(Protocol):

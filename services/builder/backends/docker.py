@@ -7,9 +7,16 @@ cache in seconds. Steps and the entrypoint are written in exec form (JSON arrays
 as shell lines. The base image comes from ``BUILDER_DOCKER_BASE_IMAGES`` by Python (and
 CUDA) version; an extra CA bundle and the package-index settings are passed into the build
 for networks that inspect TLS; local wheel folders (``BUILDER_FIND_LINKS``) are copied in,
-so that a CPU build of torch, say, is installed from them rather than fetched. pip's
-settings are build arguments, not ``ENV``: replicas never see the index (whose URL may
-hold credentials), though ``docker history`` shows them, as it does any build argument.
+so that a CPU build of torch, say, is installed from them rather than fetched.
+
+Model code is not trusted. The venv, the build steps and the replica run as an
+unprivileged user of the image (uid 10001) that owns only the venv, the steps' folder and
+its home; the code is root's and read-only to it. pip's settings are build arguments, not
+``ENV`` (replicas never see them), and only the allowlist of ``package_index`` goes in:
+``docker history`` shows every build argument and steps can print them, so a URL holding
+a credential fails the build instead. Replicas run as that user with every capability
+dropped, ``no-new-privileges``, a read-only root with a tmpfs ``/tmp`` and home, a pids
+limit and optionally a memory cap, and no volume at all (so never the engine's socket).
 
 Replicas run with a GPU request when the service wants a GPU, publish port 9000 on the
 builder's replica host, and carry labels that let a restarted builder find them.
@@ -18,8 +25,10 @@ builder's replica host, and carry labels that let a restarted builder find them.
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +41,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from services.builder.backends.base import Artifact, BuildJob, LogLine, ReplicaSpec, StepFailed
+from services.builder.backends.package_index import IndexCredentials, index_settings
 from services.builder.backends.sdk import SdkWheels
 from services.builder.builds.steps import StepRejected, prepare
 from services.builder.settings import BuilderSettings
@@ -41,6 +51,14 @@ OWNER_LABEL = "io.modelcloud.owner"
 REPLICA_LABEL = "io.modelcloud.replica"
 _STEP_LINE = re.compile(r"^Step \d+/\d+ : (.*)$")
 _SDK_STEP = "install the modelcloud SDK"
+# The image's user for the venv, the steps and the replica: not root, and above the uids
+# a base image or the host usually hands out.
+MODEL_UID = 10001
+MODEL_HOME = "/home/model"
+_ADD_USER = (
+    f"useradd --uid {MODEL_UID} --user-group --no-log-init --create-home "
+    f"--home-dir {MODEL_HOME} --shell /usr/sbin/nologin model"
+).split()
 
 
 def docker_client() -> docker.DockerClient:
@@ -58,6 +76,10 @@ class DockerBuilder:
         self._sdk_wheels = SdkWheels(settings.cache_root() / "wheelhouse")
 
     async def build(self, job: BuildJob, log: LogLine) -> Artifact:
+        try:
+            buildargs = index_settings(self.settings.pip_index())
+        except IndexCredentials as exc:
+            raise StepFailed("package index", str(exc)) from None
         try:
             steps, command = prepare(job.spec, job.device, job.source)
         except StepRejected as exc:
@@ -82,10 +104,10 @@ class DockerBuilder:
         with tempfile.TemporaryDirectory(prefix="modelcloud-context-") as folder:
             context = Path(folder)
             names = await asyncio.to_thread(
-                self._context, context, job, base, steps, command, sdk.wheels
+                self._context, context, job, base, steps, command, sdk.wheels, list(buildargs)
             )
             image_id, reused = await asyncio.to_thread(
-                _build_image, client, context, tag, names, self.settings.pip_index(), emit
+                _build_image, client, context, tag, names, buildargs, emit
             )
         await asyncio.to_thread(_drop_older_images, client, tag)
         return Artifact(
@@ -116,6 +138,7 @@ class DockerBuilder:
         steps: list[Any],
         command: tuple[str, ...],
         sdk_wheels: list[Path],
+        index_arguments: list[str],
     ) -> dict[str, str]:
         """Write the build context; returns the Dockerfile instruction text of each named
         step, to tell which step a failure came from."""
@@ -127,13 +150,18 @@ class DockerBuilder:
             for wheel in Path(folder).glob("*.whl"):
                 shutil.copy2(wheel, wheels / wheel.name)
         shutil.copytree(job.source, context / "code", symlinks=True)
+        _readable_by_all(context / "code")
         has_requirements = (job.source / "requirements.txt").is_file()
         if has_requirements:
             shutil.copy2(job.source / "requirements.txt", context / "requirements.txt")
         # pip's settings are build arguments, not ENV: the build steps see them, the
         # image's environment (so every replica) does not. Their values come with the
         # build request, not in this file.
-        lines = [f"FROM {base}", "ENV PYTHONUNBUFFERED=1", "ARG PIP_DISABLE_PIP_VERSION_CHECK=1"]
+        lines = [
+            f"FROM {base}",
+            "ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
+            "ARG PIP_DISABLE_PIP_VERSION_CHECK=1",
+        ]
         if self.settings.ca_bundle:
             shutil.copy2(self.settings.ca_bundle, context / "ca.crt")
             lines += [
@@ -143,7 +171,15 @@ class DockerBuilder:
                 "REQUESTS_CA_BUNDLE=/etc/modelcloud/ca.crt",
                 "ARG PIP_CERT=/etc/modelcloud/ca.crt",
             ]
-        lines += [f"ARG {key}" for key in self.settings.pip_index()]
+        lines += [
+            # The model's user owns the venv and the steps' folder, nothing else: what the
+            # steps install and write stays apart from the base image and the code.
+            _run(_ADD_USER),
+            _run(["install", "-d", "-o", "model", "-g", "model", "/opt/model-env", "/opt/build"]),
+            f"USER {MODEL_UID}:{MODEL_UID}",
+            f"ENV HOME={MODEL_HOME}",
+        ]
+        lines += [f"ARG {key}" for key in index_arguments]
         lines += [
             _run(["python3", "-m", "venv", "/opt/model-env"]),
             "ENV PATH=/opt/model-env/bin:/usr/local/bin:/usr/bin:/bin VIRTUAL_ENV=/opt/model-env",
@@ -162,6 +198,7 @@ class DockerBuilder:
             names[run] = step.text
             lines.append(run)
         lines += [
+            # Copied files are root's whatever USER says: the code is read-only to the model.
             "WORKDIR /app",
             "COPY code/ /app/",
             f"ENV MODELCLOUD_HOST=0.0.0.0 MODELCLOUD_PORT={CONTAINER_PORT}",
@@ -174,6 +211,22 @@ class DockerBuilder:
 
 def _run(argv: list[str]) -> str:
     return f"RUN {json.dumps(argv)}"
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Give the copied code world-read modes (owner write, executables kept), since the
+    image's user is not its owner: a bundle file of mode 0600 would otherwise be
+    unreadable to the replica. Links are left as they are."""
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            path = Path(root, name)
+            if not path.is_symlink():
+                path.chmod(0o755)
+        for name in files:
+            path = Path(root, name)
+            if not path.is_symlink():
+                executable = path.stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+                path.chmod(0o755 if executable else 0o644)
 
 
 def _build_image(
@@ -216,18 +269,27 @@ def _drop_older_images(client: docker.DockerClient, tag: str) -> None:
 def _stream(
     client: docker.DockerClient, context: Path, tag: str, buildargs: dict[str, str]
 ) -> Iterator[str]:
+    # The engine sends a step's output as it is written, so one chunk may hold part of a
+    # line (`print("a", "b")` arrives as four chunks): lines are joined before they go out.
+    partial = ""
     try:
         for chunk in client.api.build(
             path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True, decode=True
         ):
-            if "stream" in chunk:
-                for line in str(chunk["stream"]).splitlines():
-                    if line.strip():
-                        yield line.rstrip()
+            if "stream" in chunk and (text := partial + str(chunk["stream"])):
+                *lines, partial = text.splitlines(keepends=True)
+                if partial.endswith(("\n", "\r")):
+                    lines, partial = [*lines, partial], ""
+                yield from (line.rstrip() for line in lines if line.strip())
             elif "error" in chunk:
+                if partial.strip():
+                    yield partial.rstrip()
+                partial = ""
                 yield f"ERROR: {chunk['error']}"
     except (APIError, DockerException) as exc:
         yield f"ERROR: {exc}"
+    if partial.strip():
+        yield partial.rstrip()
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -238,8 +300,9 @@ class ContainerRuntime:
 
     name = "docker"
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, settings: BuilderSettings) -> None:
         self.owner = owner
+        self.settings = settings
         self._client: docker.DockerClient | None = None
 
     @property
@@ -251,6 +314,8 @@ class ContainerRuntime:
     async def start(self, replica: ReplicaSpec) -> str:
         def run() -> Container:
             requests = [DeviceRequest(count=1, capabilities=[["gpu"]])] if replica.gpu else []
+            memory = self.settings.docker_memory_mb
+            scratch = f"rw,nosuid,nodev,size={self.settings.docker_scratch_mb}m"
             return self.client.containers.run(
                 replica.artifact.data["image"],
                 detach=True,
@@ -258,10 +323,24 @@ class ContainerRuntime:
                 labels={OWNER_LABEL: self.owner, REPLICA_LABEL: str(replica.replica_id)},
                 environment={
                     "MODELCLOUD_CONCURRENCY": str(replica.concurrency),
+                    "HOME": MODEL_HOME,
                     **replica.environment,
                 },
                 ports={f"{CONTAINER_PORT}/tcp": (replica.host, replica.port)},
                 device_requests=requests,
+                # Named here, not only in the image, so that an image built by an older
+                # builder (as root) runs unprivileged too.
+                user=f"{MODEL_UID}:{MODEL_UID}",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                read_only=True,
+                tmpfs={
+                    "/tmp": scratch,  # noqa: S108 - the container's own tmpfs
+                    MODEL_HOME: f"{scratch},uid={MODEL_UID},gid={MODEL_UID},mode=0700",
+                },
+                pids_limit=self.settings.docker_pids_limit,
+                mem_limit=f"{memory}m" if memory else None,
+                # No volumes: nothing of the host, the engine's socket least of all.
             )
 
         container = await asyncio.to_thread(run)

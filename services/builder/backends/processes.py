@@ -1,5 +1,5 @@
-"""Running a command with its output streamed line by line, and finding the replicas this
-builder started among the machine's processes."""
+"""Running a command with its output streamed line by line (in a sandbox, when given one),
+and finding the replicas this builder started among the machine's processes."""
 
 import asyncio
 import contextlib
@@ -8,7 +8,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from services.builder.backends.base import LogLine, StepFailed
@@ -19,6 +19,9 @@ _TAIL = 30
 # the pipe open for ever.
 _DRAIN_S = 2.0
 
+# Turns a command and its working folder into the command that runs it sandboxed.
+Wrap = Callable[[Sequence[str], Path], list[str]]
+
 
 async def run_step(
     step: str,
@@ -28,14 +31,19 @@ async def run_step(
     env: Mapping[str, str],
     log: LogLine,
     timeout_s: float,
+    wrap: Wrap | None = None,
 ) -> None:
-    """Run ``argv`` (no shell), logging each output line; raise :class:`StepFailed` with the
-    last lines when it fails, cannot start, or outlives ``timeout_s``. However it ends,
-    every process it started is stopped: its process group, and any process that left
-    the group but still carries the step's mark in its environment."""
+    """Run ``argv`` (no shell), through ``wrap`` when given (a sandbox), logging each
+    output line; raise :class:`StepFailed` with the last lines when it fails, cannot start,
+    or outlives ``timeout_s``. However it ends, every process it started is stopped: its
+    process group, and any process that left the group but still carries the step's mark
+    in its environment."""
     executable = shutil.which(argv[0], path=env.get("PATH"))
     if executable is None:
         raise StepFailed(step, f"{argv[0]}: command not found")
+    command = [executable, *argv[1:]]
+    if wrap is not None:
+        command = wrap(command, cwd)
     log(f"$ {step}")
     mark = uuid.uuid4().hex
     # The output pipe is ours, not the subprocess transport's: that one waits for every
@@ -44,8 +52,7 @@ async def run_step(
     read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
-            executable,
-            *argv[1:],
+            *command,
             cwd=cwd,
             env={**env, STEP_MARK: mark},
             stdin=asyncio.subprocess.DEVNULL,
@@ -139,3 +146,14 @@ def process_alive(pid: int) -> bool:
 
 def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def process_status(pid: int) -> tuple[str, int, int] | None:
+    """A process's name, parent and process group, or ``None`` when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = stat[stat.find("(") + 1 : stat.rfind(")")]
+    fields = stat.rsplit(")", 1)[-1].split()
+    return name, int(fields[1]), int(fields[2])

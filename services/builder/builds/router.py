@@ -1,11 +1,12 @@
 """``/v1/projects/{project}/builds``: build status and logs, live or kept."""
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from services.builder.builds import service
 from services.builder.builds.logs import BuildLogs
@@ -13,6 +14,8 @@ from services.builder.builds.models import BuildRead, BuildState
 from services.builder.deps import Name, SessionDep, access_to
 
 router = APIRouter(prefix="/v1/projects/{project}/builds", tags=["builds"])
+# Each of these ends a line, and so a field, in Server-Sent Events.
+_SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @router.get("")
@@ -42,7 +45,7 @@ async def get_build(
 
 @router.get(
     "/{build_id}/logs",
-    response_class=PlainTextResponse,
+    response_class=StreamingResponse,
     response_model=None,
     responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
 )
@@ -52,10 +55,15 @@ async def build_logs(
     request: Request,
     session: SessionDep,
     follow: Annotated[bool, Query(description="stream lines live (Server-Sent Events)")] = False,
-) -> StreamingResponse | PlainTextResponse:
-    """The build's output; with ``follow=true`` a Server-Sent Events stream: every line so
-    far, then new ones as the build runs (from its first line, for a build still queued),
-    then an ``end`` event with the build's state."""
+    offset: Annotated[int, Query(ge=0, description="the first byte to send")] = 0,
+    limit: Annotated[int | None, Query(ge=1, description="the most bytes to send")] = None,
+) -> StreamingResponse:
+    """The build's output so far, streamed (``offset`` and ``limit`` pick a byte range of
+    it; ``X-Log-Size`` says how long the whole log is now). With ``follow=true`` a
+    Server-Sent Events stream instead: every line so far, then new ones as the build runs
+    (from its first line, for a build still queued), then an ``end`` event with the
+    build's state; a line holding a carriage return or line feed is sent as one ``data``
+    field per piece, so its text never starts a field of its own."""
     await access_to(request, project, "read")
     build = await service.get_build(session=session, project=project, build_id=build_id)
     queued = build.state is BuildState.QUEUED
@@ -63,14 +71,19 @@ async def build_logs(
     await session.close()
     logs: BuildLogs = request.app.state.build_logs
     if not follow:
-        path = logs.path(build_id)
-        text = path.read_text(errors="replace") if path.is_file() else ""
-        return PlainTextResponse(text)
+        size = logs.size(build_id)
+        start = min(offset, size)
+        end = size if limit is None else min(size, start + limit)
+        return StreamingResponse(
+            logs.chunks(build_id, start, end),
+            media_type="text/plain; charset=utf-8",
+            headers={"Content-Length": str(end - start), "X-Log-Size": str(size)},
+        )
     sessions = request.app.state.sessions
 
     async def events() -> AsyncIterator[str]:
         async for line in logs.follow(build_id, queued=queued):
-            yield f"data: {line}\n\n"
+            yield "".join(f"data: {piece}\n" for piece in _SSE_LINE_BREAK.split(line)) + "\n"
         async with sessions() as fresh:
             ended = await service.get_build(session=fresh, project=project, build_id=build_id)
         yield f"event: end\ndata: {ended.state}\n\n"

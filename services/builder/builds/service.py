@@ -126,6 +126,7 @@ class BuildRunner:
                     spec=BuildSpec.model_validate(build.build_spec),
                     device=build.device,
                     source=source,
+                    project=build.project,
                 )
                 artifact = await self.backend.build(job, write)
         except StepFailed as failure:

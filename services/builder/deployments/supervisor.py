@@ -1,7 +1,11 @@
 """Keeping each deployment's replicas running: start them, wait for ``/healthz``, report
 ``builder.deployment.ready``; restart a replica that dies (with backoff) and report it;
 stop them on offline. At start it reconciles what runs on the machine against what should
-run, adopting replicas that outlived a builder restart and stopping every other one."""
+run, adopting replicas that outlived a builder restart and stopping every other one.
+
+Replicas listen on ``BUILDER_REPLICA_HOST`` (127.0.0.1 unless the gateway runs on another
+machine) and, with ``BUILDER_REPLICA_KEY`` set, answer only callers that send their version's
+key (:mod:`modelcloud_proto.replica_keys`); their ``/healthz`` needs no key."""
 
 import asyncio
 import contextlib
@@ -21,6 +25,7 @@ from modelcloud_proto.events import (
     DeploymentStopped,
     ReplicaRestarted,
 )
+from modelcloud_proto.replica_keys import REPLICA_KEY_VARIABLE, version_key
 from modelcloud_proto.specs import Device
 from services.builder.backends.base import Artifact, ReplicaSpec, Runtime
 from services.builder.builds.models import Build
@@ -70,6 +75,11 @@ class Supervisor:
 
     async def start(self) -> None:
         """Reconcile, then watch every deployment that is wanted or being stopped."""
+        if self.settings.replica_key is None:
+            log.warning(
+                "BUILDER_REPLICA_KEY is not set: replicas answer anyone who reaches their "
+                "port, not only the gateway (set it, and GATEWAY_REPLICA_KEY, to one secret)"
+            )
         running = self.runtime.running()
         async with self.sessions() as session:
             deployments = {d.version_id: d for d in (await session.exec(select(Deployment))).all()}
@@ -281,6 +291,8 @@ class Supervisor:
             concurrency=deployment.concurrency,
             gpu=gpu and self.settings.gpus > 0,
             log_path=self.logs / f"{deployment.version_id}" / f"{replica_id}.log",
+            environment=self._replica_environment(deployment.version_id),
+            project=deployment.project,
         )
         handle = await self.runtime.start(spec)
         record = ReplicaRecord(
@@ -307,6 +319,14 @@ class Supervisor:
                 found.ready_at = record.ready_at = datetime.now(UTC)
                 await session.commit()
         return record
+
+    def _replica_environment(self, version_id: UUID) -> dict[str, str]:
+        """The key its callers must send: derived for this version only, so a replica never
+        holds the shared secret or a key that opens another version's replicas."""
+        if self.settings.replica_key is None:
+            return {}
+        secret = self.settings.replica_key.get_secret_value()
+        return {REPLICA_KEY_VARIABLE: version_key(secret, version_id)}
 
     async def _wait_healthy(self, record: ReplicaRecord, log_path: Path) -> None:
         loop = asyncio.get_running_loop()

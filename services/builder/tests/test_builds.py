@@ -141,15 +141,18 @@ class EventStream:
 
 @SLOW_TO_BUILD
 async def test_build_logs_stream_live_while_the_build_runs(
-    platform: Platform, tmp_path: Path
+    platform: Platform,
 ) -> None:
     # The step prints a line, then waits for the test to open a gate: the build is still
-    # running when the first line must have reached the reader.
-    gate = tmp_path / "gate"
+    # running when the first line must have reached the reader. The gate is a port that
+    # starts to listen (the step's sandbox sees none of the test's files, but the network).
+    gate = socket.socket()
+    gate.bind(("127.0.0.1", 0))
+    port = gate.getsockname()[1]
     step = (
-        "python -c \"import os, time; print('waiting for the gate', flush=True); "
-        f"any(os.path.exists('{gate}') or time.sleep(0.1) for _ in range(3000)); "
-        "print('through the gate')\""
+        "python -c \"import socket, time; print('waiting for the gate', flush=True); "
+        f"any(not socket.socket().connect_ex(('127.0.0.1', {port})) or time.sleep(0.1) "
+        "for _ in range(3000)); print('through the gate')\""
     )
     files = greeter(**{"modelcloud.yml": json.dumps({"build_steps": [step]})})
     await request_build(platform, "1.0", files)
@@ -165,34 +168,35 @@ async def test_build_logs_stream_live_while_the_build_runs(
         found: str = await wait_for(one)
         return found
 
-    running, queued = await listed("1.0"), await listed("1.1")
-    logs = "/v1/projects/vision/builds/{}/logs"
-    async with (
-        serving(platform.builder_app) as url,
-        httpx.AsyncClient(
-            base_url=url,
-            headers={"Authorization": platform.builder.headers["Authorization"]},
-            timeout=httpx.Timeout(60, read=300),
-        ) as client,
-        client.stream("GET", logs.format(running), params={"follow": "true"}) as first,
-        client.stream("GET", logs.format(queued), params={"follow": "true"}) as second,
-    ):
-        live, behind = EventStream(first), EventStream(second)
-        before_gate = await live.until("waiting for the gate")
-        assert before_gate[-1] == "waiting for the gate", before_gate
-        states = {b["id"]: b["state"] for b in await platform.builds(None)}
-        assert (states[running], states[queued]) == ("running", "queued")
-        gate.touch()
-        after_gate = await live.until("build succeeded")
-        assert after_gate[0] == "through the gate"
-        assert after_gate[-1] == "build succeeded"
-        assert await live.next_line() is None
-        assert live.end == "succeeded"
-        followed = await behind.until("build succeeded")
-        assert "dependencies unchanged" in "\n".join(followed)
-        assert followed[-1] == "build succeeded"
-        assert await behind.next_line() is None
-        assert behind.end == "succeeded"
+    with gate:
+        running, queued = await listed("1.0"), await listed("1.1")
+        logs = "/v1/projects/vision/builds/{}/logs"
+        async with (
+            serving(platform.builder_app) as url,
+            httpx.AsyncClient(
+                base_url=url,
+                headers={"Authorization": platform.builder.headers["Authorization"]},
+                timeout=httpx.Timeout(60, read=300),
+            ) as client,
+            client.stream("GET", logs.format(running), params={"follow": "true"}) as first,
+            client.stream("GET", logs.format(queued), params={"follow": "true"}) as second,
+        ):
+            live, behind = EventStream(first), EventStream(second)
+            before_gate = await live.until("waiting for the gate")
+            assert before_gate[-1] == "waiting for the gate", before_gate
+            states = {b["id"]: b["state"] for b in await platform.builds(None)}
+            assert (states[running], states[queued]) == ("running", "queued")
+            gate.listen()
+            after_gate = await live.until("build succeeded")
+            assert after_gate[0] == "through the gate"
+            assert after_gate[-1] == "build succeeded"
+            assert await live.next_line() is None
+            assert live.end == "succeeded"
+            followed = await behind.until("build succeeded")
+            assert "dependencies unchanged" in "\n".join(followed)
+            assert followed[-1] == "build succeeded"
+            assert await behind.next_line() is None
+            assert behind.end == "succeeded"
 
 
 def processes_with(marker: str) -> list[int]:

@@ -16,7 +16,7 @@ import pytest
 
 from modelcloud_proto.events import Envelope, ReplicaRestarted
 from modelcloud_proto.specs import Device
-from services.builder.backends.processes import all_pids, process_environment
+from services.builder.backends.processes import all_pids, process_environment, process_status
 from services.builder.backends.venv import OWNER_MARK, REPLICA_MARK
 from services.builder.settings import BuilderSettings
 from services.builder.tests.conftest import (
@@ -33,13 +33,20 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def replica_processes(owner: str | None = None) -> dict[int, dict[str, str]]:
-    """Replica processes on this machine (of one builder), with their environment."""
+    """Replica processes on this machine (of one builder), with their environment: the
+    first of each replica (its sandbox's processes and the model server in it carry the
+    marks too, under it)."""
     found = {}
     for pid in all_pids():
         env = process_environment(pid)
         if env and REPLICA_MARK in env and owner in (None, env.get(OWNER_MARK)):
             found[pid] = env
-    return found
+    return {pid: env for pid, env in found.items() if parent_of(pid) not in found}
+
+
+def parent_of(pid: int) -> int | None:
+    status = process_status(pid)
+    return status[1] if status else None
 
 
 def pid_on_port(port: int) -> int:

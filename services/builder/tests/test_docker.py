@@ -3,13 +3,24 @@ the code, containers as replicas, and the real example classifying a real photo.
 
 import docker
 import pytest
+from docker.models.containers import Container
 
+from services.builder.backends.docker import OWNER_LABEL
 from services.builder.tests.conftest import INDEX_URL, Platform, greeter, wait_for
 from services.builder.tests.test_builds import build, log_of
 from services.builder.tests.test_deployments import greet, publish
 from services.builder.tests.test_example import build_publish_and_classify
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
+
+
+def replicas_of(
+    client: docker.DockerClient, platform: Platform, *, stopped: bool = False
+) -> list[Container]:
+    """The test's own replica containers (other builders may share the engine)."""
+    owner = f"{OWNER_LABEL}={platform.settings.replica_owner()}"
+    found: list[Container] = client.containers.list(all=stopped, filters={"label": owner})
+    return found
 
 
 async def test_an_image_builds_a_code_change_reuses_its_layers_and_serves(
@@ -33,7 +44,7 @@ async def test_an_image_builds_a_code_change_reuses_its_layers_and_serves(
 
     client = docker.from_env()
     try:
-        (container,) = client.containers.list(filters={"label": "io.modelcloud.replica"})
+        (container,) = replicas_of(client, platform)
         # ... and the replica does not see them (an index URL may hold credentials).
         environment = dict(v.split("=", 1) for v in container.attrs["Config"]["Env"])
         assert not [k for k in environment if k.startswith("PIP_")], environment
@@ -53,7 +64,7 @@ async def test_an_image_builds_a_code_change_reuses_its_layers_and_serves(
         assert offline.status_code == 202
 
         async def no_containers() -> bool:
-            return not client.containers.list(all=True, filters={"label": "io.modelcloud.replica"})
+            return not replicas_of(client, platform, stopped=True)
 
         await wait_for(no_containers, timeout=60)
     finally:
@@ -81,7 +92,7 @@ async def test_a_model_whose_setup_raises_in_a_container_fails_to_publish(
     assert "the weights file is corrupt" in failed["state_detail"]  # the container's output
     client = docker.from_env()
     try:
-        assert not client.containers.list(all=True, filters={"label": "io.modelcloud.replica"})
+        assert not replicas_of(client, platform, stopped=True)
     finally:
         client.close()
 

@@ -27,7 +27,7 @@ class LocalBlobs:
     def exists(self, sha256: str) -> bool:
         return (self.root / blob_key(sha256)).is_file()
 
-    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
+    def put_pack(self, path: Path, members: list[PackMember], project: str) -> str | None:
         with path.open("rb") as pack:
             for member in members:
                 target = self.root / blob_key(member.sha256)

@@ -8,8 +8,9 @@ managed transfer.
 
 Content whose digest is only known once the last byte has arrived streams into an object
 of its own under ``objects/`` (S3 cannot rename it afterwards), and a pack of small files is
-kept whole under ``packs/``: one PUT instead of one per file. The file store records where
-those blobs lie and reads them back as byte ranges.
+kept whole under ``packs/<project>/``: one PUT instead of one per file. The file store
+records where those blobs lie and reads them back as byte ranges. A presigned GET binds no
+range, so the keys say whose bytes an object holds (:func:`readable_whole`).
 
 Direct uploads (presigned URLs) are multipart uploads into objects of their own under
 ``objects/``, each part's URL signed with the part's CRC32 so that S3 takes only those
@@ -62,6 +63,25 @@ def part_size_for(size: int, least: int) -> int:
     """``least``, or more (whole MiB) for a file that would need over :data:`MAX_PARTS`."""
     floor = -(-size // MAX_PARTS)
     return max(least, -(-floor // (1 << 20)) * (1 << 20))
+
+
+def readable_whole(key: str, offset: int, project: str) -> bool:
+    """Whether a reader of ``project`` may be handed object ``key`` whole, for a blob at
+    ``offset`` in it: a presigned GET binds no byte range, so whoever holds the URL reads
+    every byte of the object, not just the blob's.
+
+    True for an object that holds the blob alone (a through upload whose digest came last:
+    ``objects/<uuid>``, the checked bytes and nothing else), the project's own direct upload
+    (``objects/<project>/<uuid>``) and a pack the project sent itself
+    (``packs/<project>/<uuid>``). Never for another project's objects, nor for a pack stored
+    before packs were named by project (``packs/<uuid>``): those hold other files."""
+    if key.startswith(PACKS_PREFIX):
+        owner, _, _ = key.removeprefix(PACKS_PREFIX).rpartition("/")
+        return owner == project
+    if key.startswith(OBJECTS_PREFIX):
+        owner, slash, _ = key.removeprefix(OBJECTS_PREFIX).rpartition("/")
+        return owner == project if slash else offset == 0
+    return False
 
 
 def _code(exc: ClientError) -> str:
@@ -118,8 +138,8 @@ class S3Blobs:
             raise
         return True
 
-    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
-        key = f"{PACKS_PREFIX}{uuid.uuid4()}"
+    def put_pack(self, path: Path, members: list[PackMember], project: str) -> str | None:
+        key = f"{PACKS_PREFIX}{project}/{uuid.uuid4()}"  # its bytes are that project's alone
         self.client.upload_file(str(path), self.bucket, key, Config=_TRANSFER)
         return key
 

@@ -129,9 +129,10 @@ class BlobStore(Protocol):
         """Stream content in for ``sha256``, or for a digest only known at the end (None);
         the caller checks the digest before commit."""
 
-    def put_pack(self, path: Path, members: list[PackMember]) -> str | None:
-        """Store the verified blobs of a pack file: each under its digest (returns None), or
-        the file whole as one object whose key it returns (the members then lie in it)."""
+    def put_pack(self, path: Path, members: list[PackMember], project: str) -> str | None:
+        """Store the verified blobs of a pack file that ``project`` sent: each under its
+        digest (returns None), or the file whole as one object whose key it returns (the
+        members then lie in it, next to that project's other files)."""
 
     def read(self, sha256: str) -> Iterator[bytes]:
         """The blob's bytes, in chunks of about ``CHUNK``."""

@@ -25,11 +25,18 @@ class FileEntry(SQLModel, table=True):
     modified_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     uploaded_by: str = Field(max_length=64)
     uploaded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # The object of the direct upload this entry reads, whose SHA-256 is the uploader's
+    # claim, never checked here: usable by this project only, and never read for another
+    # entry's content. None: content the file store has verified (the bytes passed through
+    # it, or the project linked to content it had stored so).
+    object_key: str | None = Field(default=None, max_length=256)
 
 
 class BlobPlacement(SQLModel, table=True):
     """A blob kept inside another object (a pack, or an upload whose digest came last)
-    rather than under its content address. Content is immutable, so any row will do."""
+    rather than under its content address. Only content whose SHA-256 the file store has
+    computed itself is placed here, so any row will do for any project that proved it holds
+    the content; a direct upload's object is named by its own entries instead."""
 
     __tablename__ = "blob_placement"
 

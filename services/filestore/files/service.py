@@ -28,7 +28,7 @@ from modelcloud_proto.problem import FieldError
 from services.common.problems import InvalidInput, NotFound, PayloadTooLarge
 from services.filestore.blobs.store import CHUNK, BlobStore, Placement
 from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
-from services.filestore.files.placements import is_stored, place, read_blob
+from services.filestore.files.placements import is_stored, place, read_entry
 
 Where = tuple[str, str, str]  # project, model, version
 TRAILER_MAX = 1024
@@ -75,7 +75,10 @@ async def upload(
     """Stream the body into the blob store while hashing it; the content becomes readable,
     and the path is recorded, only if the digest and size match what was declared, before
     the body or, with ``trailer_after`` (the file's size), in a :class:`DigestTrailer` after
-    that many bytes."""
+    that many bytes.
+
+    Content stored already (by any project) is not written again, but its bytes are still
+    received and hashed: sending them is what proves the uploader holds them."""
     known = declared_sha256 is not None and await is_stored(session, blobs, declared_sha256)
     placed_writer = declared_sha256 is None
     writer = (
@@ -184,12 +187,12 @@ def _read_trailer(path: str, trailer: bytearray) -> DigestTrailer:
 async def link(
     *, session: AsyncSession, where: Where, items: list[LinkItem], user: str
 ) -> LinkResult:
-    """Point paths at content the store already has: a push of unchanged files sends no
-    bytes. Paths already pointing at the same content are left alone."""
+    """Point paths at content this project already holds: a push of unchanged files sends
+    no bytes. Paths already pointing at the same content are left alone."""
     current = {e.path: e for e in await _entries(session, where)}
     linked: list[str] = []
     missing: list[str] = []
-    known = await _known(session, where[0], {i.sha256 for i in items})
+    known = await held(session, where[0], {i.sha256 for i in items})
     pointed: list[tuple[str, Content, datetime | None]] = []
     for item in items:
         existing = current.get(item.path)
@@ -212,7 +215,7 @@ async def open_file(
     *, session: AsyncSession, blobs: BlobStore, where: Where, path: str
 ) -> tuple[FileRead, Iterator[bytes]]:
     entry = await entry_or_404(session, where, path)
-    return to_read(entry), await read_blob(session, blobs, entry.sha256)
+    return to_read(entry), await read_entry(session, blobs, entry)
 
 
 async def delete(*, session: AsyncSession, where: Where, path: str) -> FileRead:
@@ -260,25 +263,33 @@ async def entry_or_404(session: AsyncSession, where: Where, path: str) -> FileEn
 
 @dataclass(frozen=True)
 class Content:
-    """Stored content, as recorded on every path that points at it."""
+    """Stored content, as recorded on every path that points at it: verified content, or
+    (``object_key``) the object of a direct upload whose SHA-256 its uploader claimed."""
 
     sha256: str
     size: int
+    object_key: str | None = None
 
 
-async def _known(session: AsyncSession, project: str, digests: set[str]) -> dict[str, Content]:
-    """Content this project has stored already. Only its own: knowing another project's
-    digest must not be enough to link (and so read) that project's file; the bytes are
-    sent once more then, and stored once all the same."""
+async def held(session: AsyncSession, project: str, digests: set[str]) -> dict[str, Content]:
+    """Content this project holds already. Only its own: knowing another project's digest
+    must not be enough to link (and so read) that project's file; the bytes are sent once
+    more then, and stored once all the same. Verified content wins over a direct upload's
+    claimed one, which stays the project's own object."""
     if not digests:
         return {}
     query = (
-        select(FileEntry.sha256, func.max(FileEntry.size))
+        select(FileEntry.sha256, FileEntry.object_key, func.max(FileEntry.size))
         .where(FileEntry.project == project, col(FileEntry.sha256).in_(digests))
-        .group_by(col(FileEntry.sha256))
+        .group_by(col(FileEntry.sha256), col(FileEntry.object_key))
     )
-    rows = (await session.exec(query)).all()
-    return {sha: Content(sha, int(size)) for sha, size in rows}
+    found: dict[str, Content] = {}
+    for sha, key, size in (await session.exec(query)).all():
+        content = Content(sha, int(size), key)
+        chosen = found.get(sha)
+        if chosen is None or (chosen.object_key or "") > (key or ""):
+            found[sha] = content  # verified first (no key), then the same object every time
+    return found
 
 
 async def record(
@@ -314,6 +325,7 @@ async def record_many(
                 path=path,
                 sha256=content.sha256,
                 size=content.size,
+                object_key=content.object_key,
                 modified_at=modified_at or now,
                 uploaded_by=user,
                 uploaded_at=now,
@@ -322,6 +334,7 @@ async def record_many(
             existing[path] = entry  # a path named twice: the last one wins
         else:
             entry.sha256, entry.size = content.sha256, content.size
+            entry.object_key = content.object_key
             entry.modified_at = modified_at or now
             entry.uploaded_by, entry.uploaded_at = user, now
         entries.append(entry)

@@ -69,10 +69,14 @@ class DownloadRequest(BaseModel):
 
 class DownloadLink(BaseModel):
     path: str
-    url: str = Field(description="several files may share one URL: read each one's range")
+    url: str | None = Field(
+        description="several files may share one URL: read each one's range; null: read "
+        "the file through the file store (`GET .../files/{path}`), as when its bytes lie in "
+        "an object holding other projects' files"
+    )
     offset: int | None = Field(
         description="where the file's bytes start in the object at `url` (send `Range: "
-        "bytes=offset-(offset+size-1)`); null: the object is the file"
+        "bytes=offset-(offset+size-1)`); null: the object is the file, or there is no `url`"
     )
     size: int
     sha256: str

@@ -3,7 +3,9 @@
 A direct upload is stateless on the service side: its object's key is derived from the
 project and a random upload id, each part goes straight to S3 under a URL signed with the
 part's CRC32, and completion compares what S3 reports (size, composite CRC32) with what
-the client read; the file store never reads the bytes.
+the client read; the file store never reads the bytes. So the SHA-256 of a direct upload
+is only claimed: the entries it makes read that upload's own object, in that project, and
+the digest never stands for anyone else's bytes (see ``files/placements.py``).
 
 A pack carries many small files in one tar body, each member with its SHA-256 in a PAX
 header; every member is checked before any is stored, so a bad pack stores nothing. The
@@ -26,6 +28,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
 from services.common.problems import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from services.common.tar_guard import TarLimits, TarRejected, open_checked_tar
 from services.filestore.blobs.s3 import OBJECTS_PREFIX, part_size_for
 from services.filestore.blobs.store import (
     BlobStore,
@@ -38,11 +41,12 @@ from services.filestore.blobs.store import (
 )
 from services.filestore.files.models import FileRead
 from services.filestore.files.paths import check_file_path
-from services.filestore.files.placements import is_stored, locate, place
+from services.filestore.files.placements import place, placements_of, presignable
 from services.filestore.files.service import (
     Content,
     Where,
     entries_at,
+    held,
     record,
     record_many,
     to_read,
@@ -143,9 +147,11 @@ async def complete_upload(
     client's SHA-256. A mismatch removes the object and records nothing.
 
     The SHA-256 is the uploader's, as in Git LFS: checking it here would mean reading every
-    byte back. The uploader is a writer of the project, who may store any bytes anyway; S3's
-    CRC32s make sure the bytes kept are the bytes the client hashed, and every pull checks
-    the SHA-256 again before a file reaches its reader."""
+    byte back. The uploader is a writer of the project, who may store any bytes in it
+    anyway; S3's CRC32s make sure the bytes kept are the bytes the client hashed, and every
+    pull checks the SHA-256 again before a file reaches its reader. What the claim can never
+    do is reach content of another project: the path reads this upload's object, unless the
+    project holds that content already (then it is kept once)."""
     check_file_path(data.path)
     direct = _direct(blobs, settings.direct_uploads, "uploads")
     key = upload_key(where[0], upload_id)
@@ -185,11 +191,12 @@ async def complete_upload(
             )
 
     await anyio.to_thread.run_sync(finish)
-    content = Content(data.sha256, data.size)
-    if await is_stored(session, blobs, data.sha256):  # stored once is enough
+    # Another project's copy of the same digest is no proof that these bytes are it.
+    content = (await held(session, where[0], {data.sha256})).get(data.sha256)
+    if content is not None and content.size == data.size:  # this project's own: kept once
         await anyio.to_thread.run_sync(direct.discard, key, None)
     else:
-        place(session, data.sha256, Placement(key, 0, data.size))
+        content = Content(data.sha256, data.size, object_key=key)
     entry = await record(session, where, data.path, content, data.modified_at, user)
     await session.commit()
     return to_read(entry)
@@ -217,14 +224,19 @@ async def download_links(
     if missing := [path for path in paths if path not in found]:
         raise NotFound(f"{missing[0]} is not in {where[1]}/{where[2]}")
     entries = [found[path] for path in paths]
-    placements = await locate(session, {e.sha256 for e in entries})
+    placements = await placements_of(session, entries, where[0])
     expires_s = settings.presign_expires_s
     object_urls: dict[str, str] = {}  # one URL per pack, so clients can group by it
     links = []
-    for entry in entries:
-        placement = placements.get(entry.sha256)
+    url: str | None
+    for entry, placement in zip(entries, placements, strict=True):
         if placement is None:
             url, offset = direct.download_url(entry.sha256, expires_s), None
+        elif not presignable(placement, where[0]):
+            # Another project's pack (or one from before packs were named by project): a
+            # presigned URL binds no range and would hand out its other files. The client
+            # reads through the file store, which sends the ranged GET itself.
+            url, offset = None, None
         else:
             if placement.key not in object_urls:
                 object_urls[placement.key] = direct.object_url(placement.key, expires_s)
@@ -255,7 +267,8 @@ async def store_pack(
     body: AsyncIterator[bytes],
     user: str,
 ) -> list[FileRead]:
-    """Store every file of a tar pack, or none of them."""
+    """Store every file of a tar pack, or none of them. A pack kept whole is named by its
+    project: its bytes are that project's, and presigned URLs of it go to no other."""
     scratch = settings.data_dir.resolve() / "uploads"
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
         pack = Path(folder) / "pack.tar"
@@ -271,7 +284,9 @@ async def store_pack(
             m.content.sha256: PackMember(m.content.sha256, m.offset, m.content.size)
             for m in members
         }
-        key = await anyio.to_thread.run_sync(blobs.put_pack, pack, list(blobs_in_pack.values()))
+        key = await anyio.to_thread.run_sync(
+            blobs.put_pack, pack, list(blobs_in_pack.values()), where[0]
+        )
     if key is not None:
         for blob in blobs_in_pack.values():
             place(session, blob.sha256, Placement(key, blob.offset, blob.size))
@@ -287,7 +302,10 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
     errors: list[FieldError] = []
     seen: set[str] = set()
     try:
-        with tarfile.open(pack, mode="r:") as archive:
+        # The raw headers are checked before tarfile parses one: a pax header of 100,000
+        # digits held the GIL for 15 s in tarfile's regexes (see services/common/tar_guard).
+        limits = TarLimits(max_members=max_files, compressed=False)
+        with open_checked_tar(pack, limits, what="the pack") as archive:
             for index, info in enumerate(archive):
                 field = f"pack[{index}]"
                 if index >= max_files:
@@ -311,6 +329,16 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
                 with reader:
                     while chunk := reader.read(1 << 20):
                         sha256.update(chunk)
+                try:  # a pax mtime may be any float: 1e300, inf, nan
+                    modified_at = datetime.fromtimestamp(info.mtime, UTC)
+                except (OverflowError, ValueError, OSError):
+                    errors.append(
+                        FieldError(
+                            field=f"{field}.mtime",
+                            message=f"{info.name}: {info.mtime!r} is not a time in years 1-9999",
+                        )
+                    )
+                    continue
                 if sha256.hexdigest() != declared:
                     errors.append(
                         FieldError(
@@ -324,9 +352,12 @@ def _unpack(pack: Path, max_files: int) -> list[_Member]:
                         path=info.name,
                         offset=info.offset_data,
                         content=Content(sha256.hexdigest(), info.size),
-                        modified_at=datetime.fromtimestamp(info.mtime, UTC),
+                        modified_at=modified_at,
                     )
                 )
+    except TarRejected as exc:
+        field = "body" if exc.member is None else f"pack[{exc.member}]"
+        raise InvalidInput(field, exc.message) from None
     except tarfile.TarError as exc:
         raise InvalidInput("body", f"not a readable tar pack: {exc}") from None
     if errors:

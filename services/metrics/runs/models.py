@@ -7,7 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any, Self
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Text
 from sqlmodel import Field, SQLModel
@@ -101,14 +107,28 @@ class RunUpdate(BaseModel):
 MetricKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=KEY_PATTERN)]
 Step = Annotated[int, PydanticField(ge=0, le=2**62)]
 Finite = Annotated[float, PydanticField(allow_inf_nan=False)]
-UnixTime = Annotated[float, PydanticField(ge=0, le=253_402_300_799)]  # until the year 9999
+LAST_UNIX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
+UnixTime = Annotated[float, PydanticField(ge=0, le=LAST_UNIX_TIME)]
+
+
+def _within_unix_times(moment: datetime) -> datetime:
+    """The same range as :data:`UnixTime`. A time near year 1 or 9999 with an offset
+    (`0001-01-01T00:00:00+01:00`) parses, then has no unix time or falls outside what a
+    datetime holds once in UTC: refused here as a field error, not a 500 on storing."""
+    try:
+        at = moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        at = -1.0
+    if not 0 <= at <= LAST_UNIX_TIME:
+        raise ValueError("must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    return moment
 
 
 class Point(BaseModel):
     key: MetricKey
     step: Step
     value: Finite
-    time: datetime | None = None
+    time: Annotated[datetime, AfterValidator(_within_unix_times)] | None = None
 
 
 class Columns(BaseModel):

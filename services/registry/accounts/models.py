@@ -2,18 +2,42 @@
 random strings, so a fast hash is safe, and the plain token is shown only once."""
 
 from datetime import datetime
+from enum import StrEnum
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel
-from sqlalchemy import Column, DateTime
+from sqlalchemy import Column, DateTime, Enum
 from sqlmodel import Field, SQLModel
 
 from services.registry.names import Name
 
 
+class ServiceRole(StrEnum):
+    """A platform service's own account: it may make exactly the reads its service makes
+    (``accounts/service_roles.py``), in every project, and nothing else."""
+
+    BUILDER = "builder"
+    GATEWAY = "gateway"
+
+
 class UserBase(SQLModel):
     name: Name = Field(unique=True, index=True, max_length=64)
     is_admin: bool = False
+    service_role: ServiceRole | None = Field(
+        default=None,
+        # Stored as its value in a plain VARCHAR: no PostgreSQL enum type to migrate when a
+        # role is added.
+        sa_column=Column(
+            Enum(
+                ServiceRole,
+                native_enum=False,
+                length=32,
+                values_callable=lambda roles: [role.value for role in roles],
+            ),
+            nullable=True,
+        ),
+        description="set for a platform service's account (not a person); never with is_admin",
+    )
 
 
 class User(UserBase, table=True):

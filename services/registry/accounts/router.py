@@ -29,7 +29,12 @@ async def me(user: CurrentUser) -> UserRead:
 async def create_user(data: UserCreate, user: CurrentUser, uow: UnitOfWorkDep) -> UserRead:
     if not user.is_admin:
         raise Forbidden("only admins create users")
-    created = await service.create_user(session=uow.session, name=data.name, is_admin=data.is_admin)
+    created = await service.create_user(
+        session=uow.session,
+        name=data.name,
+        is_admin=data.is_admin,
+        service_role=data.service_role,
+    )
     await uow.commit()
     return UserRead.model_validate(created, from_attributes=True)
 

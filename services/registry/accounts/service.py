@@ -9,8 +9,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from services.common.problems import Conflict, NotFound, Unauthorized
-from services.registry.accounts.models import ApiToken, TokenIssued, TokenRead, User
+from services.common.problems import Conflict, InvalidInput, NotFound, Unauthorized
+from services.registry.accounts.models import ApiToken, ServiceRole, TokenIssued, TokenRead, User
 
 TOKEN_PREFIX = "mc_"  # noqa: S105 - a public marker, not a secret
 
@@ -19,11 +19,22 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create_user(*, session: AsyncSession, name: str, is_admin: bool = False) -> User:
+async def create_user(
+    *,
+    session: AsyncSession,
+    name: str,
+    is_admin: bool = False,
+    service_role: ServiceRole | None = None,
+) -> User:
     """Add a user (the caller commits); a taken name is a 409."""
+    if is_admin and service_role is not None:
+        # A service account holds exactly its role's reads; an admin flag would undo that.
+        raise InvalidInput("service_role", "a service account cannot be an admin")
     if (await get_user_by_name(session=session, name=name)) is not None:
         raise Conflict(f"user {name!r} exists already")
-    user = User(name=name, is_admin=is_admin, created_at=datetime.now(UTC))
+    user = User(
+        name=name, is_admin=is_admin, service_role=service_role, created_at=datetime.now(UTC)
+    )
     session.add(user)
     try:
         await session.flush()
@@ -74,6 +85,22 @@ async def revoke_token(*, session: AsyncSession, user: User, token_id: UUID) -> 
     if token.revoked_at is None:
         token.revoked_at = datetime.now(UTC)
     return _read(token)
+
+
+async def revoke_every_token(*, session: AsyncSession, user: User) -> int:
+    """Revoke every live token of ``user``; returns how many were live."""
+    query = select(ApiToken).where(ApiToken.user_id == user.id, col(ApiToken.revoked_at).is_(None))
+    now = datetime.now(UTC)
+    tokens = (await session.exec(query)).all()
+    for token in tokens:
+        token.revoked_at = now
+    return len(tokens)
+
+
+async def find_token_owner(*, session: AsyncSession, token: str) -> User | None:
+    """The user a token was issued to, whether or not it is still valid."""
+    query = select(User).join(ApiToken).where(ApiToken.digest == digest(token.strip()))
+    return (await session.exec(query)).first()
 
 
 async def authenticate(*, session: AsyncSession, authorization: str | None) -> User:

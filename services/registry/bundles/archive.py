@@ -5,6 +5,8 @@ out as seed 001's Tutorial 2 describes (``cloud_model.py`` required; ``requireme
 Nothing is ever extracted here. Every member header is read and one bad member rejects the
 whole bundle, so the builder can later unpack a checked bundle without re-checking paths:
 no member leaves the bundle root by name, by symlink or by hardlink, and none is a device.
+The raw headers are checked first (:mod:`services.common.tar_guard`): ``tarfile`` never
+parses an oversized pax or GNU long-name header, whose digits take it quadratic time.
 """
 
 import asyncio
@@ -16,6 +18,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from services.common.tar_guard import TarLimits, TarRejected, open_checked_tar
 
 __all__ = ["BundleRejected", "CheckedBundle", "check_bundle", "receive_bundle"]
 
@@ -115,14 +119,15 @@ def check_bundle(
     """
     if size == 0:
         raise BundleRejected("the bundle is empty")
-    # Opened outside the try: an unreadable file on our own disk is a server fault, not a
-    # bad bundle, and must not turn into a 422.
-    with path.open("rb") as raw:
-        try:
-            with _open_tar(raw) as archive:
-                scan = _scan(archive, max_members, max_unpacked_bytes)
-        except _DAMAGED:
-            raise BundleRejected("the bundle is a damaged or truncated tar archive") from None
+    limits = TarLimits(max_members=max_members, max_unpacked_bytes=max_unpacked_bytes)
+    try:
+        # Every raw header is checked before tarfile parses one (see tar_guard).
+        with open_checked_tar(path, limits, what="the bundle") as archive:
+            scan = _scan(archive, max_members, max_unpacked_bytes)
+    except TarRejected as exc:
+        raise BundleRejected(exc.message) from None
+    except _DAMAGED:
+        raise BundleRejected("the bundle is a damaged or truncated tar archive") from None
     root = _root(scan.members)
     tree = _rebased(scan.members, root)
     _check_tree(tree, root)
@@ -140,13 +145,6 @@ def check_bundle(
         modelcloud_yml=_text(tree, scan.texts, prefix, BUILD_FILE, _MAX_BUILD_FILE),
         has_requirements="requirements.txt" in files,
     )
-
-
-def _open_tar(raw: BinaryIO) -> tarfile.TarFile:
-    try:
-        return tarfile.open(fileobj=raw, mode="r:*")
-    except _DAMAGED:
-        raise BundleRejected("the bundle is not a tar archive (.tar, .tar.gz or .tgz)") from None
 
 
 @dataclass(frozen=True)

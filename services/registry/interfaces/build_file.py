@@ -10,16 +10,17 @@ at it.
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 from pydantic_core import ErrorDetails
 
 from modelcloud_proto.specs import BuildSpec, PerformanceNotes, ServiceLinks
+from services.common.bounded_yaml import YamlRejected, load_yaml
 from services.registry.names import Name
 
 __all__ = ["BuildFile", "BuildFileRejected", "ServiceDefaults", "parse_build_file"]
 
 FILE = "modelcloud.yml"
+MAX_BYTES = 256 << 10
 REQUIREMENTS_STEP = "pip install -r requirements.txt"
 
 
@@ -67,7 +68,9 @@ def parse_build_file(text: str | None, *, has_requirements: bool) -> BuildFile:
     """Read ``modelcloud.yml`` (``None`` when the bundle has none).
 
     Without ``build_steps`` (or without the file) a bundle with a ``requirements.txt`` gets
-    ``pip install -r requirements.txt``, as the seed's example file spells out.
+    ``pip install -r requirements.txt``, as the seed's example file spells out. The YAML is
+    read with its size, nesting depth and aliases bounded (``services.common.bounded_yaml``);
+    blocking, so async callers run it in a worker thread.
     """
     default_steps = [REQUIREMENTS_STEP] if has_requirements else []
     if text is None:
@@ -85,27 +88,14 @@ def parse_build_file(text: str | None, *, has_requirements: bool) -> BuildFile:
 
 def _load(text: str) -> dict[Any, Any]:
     try:
-        # Aliases are refused before loading: `*ref` to nested `&ref` lists expands
-        # exponentially (the "billion laughs"), and no build file needs them.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line = event.start_mark.line + 1 if event.start_mark else "?"
-                message = f"line {line}: YAML aliases (*name) are not allowed"
-                raise BuildFileRejected([(FILE, message)])
-        raw: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BuildFileRejected([(FILE, f"is not valid YAML: {_yaml_problem(exc)}")]) from None
+        raw: Any = load_yaml(text, max_bytes=MAX_BYTES)
+    except YamlRejected as exc:
+        raise BuildFileRejected([(FILE, exc.message)]) from None
     if raw is None:  # an empty file, or only comments
         return {}
     if not isinstance(raw, dict):
         raise BuildFileRejected([(FILE, "must be a mapping of keys to values")])
     return raw
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        return f"{exc.problem or 'syntax error'} (line {exc.problem_mark.line + 1})"
-    return str(exc)
 
 
 _STEP_LISTS = ("build_steps", "if_gpu", "if_cpu")

@@ -56,7 +56,11 @@ class ServiceCreate(ServiceMetadata):
     name: Name
     group: Name
     port: int | None = PydanticField(
-        default=None, ge=1024, le=65535, description="a free one is assigned if absent"
+        default=None,
+        ge=1024,
+        le=65535,
+        description="in the service port range (20000-29999 by default), never a port of the "
+        "platform itself; a free one is assigned if absent",
     )
 
 

@@ -39,6 +39,8 @@ async def register_service(
         raise InvalidInput("group", f"project {project.name!r} has no group {data.group!r}")
     if await find_service(uow=uow, project=project, name=data.name) is not None:
         raise Conflict(f"service {data.name!r} exists already in project {project.name!r}")
+    if data.port is not None:
+        _check_port(data.port, settings)
     port = data.port if data.port is not None else await _free_port(uow=uow, settings=settings)
     if data.port is not None and await _port_taken(uow=uow, port=data.port):
         raise Conflict(f"port {data.port} is taken by another service")
@@ -162,6 +164,27 @@ async def _group_of(*, uow: UnitOfWork, service: ModelService) -> ServiceGroup:
     return group
 
 
+def _platform_ports(settings: RegistrySettings) -> set[int]:
+    """The all-in-one layout's own ports around the registry's (gateway N, registry N+1,
+    builder, file store, metrics up to N+4), should `modelcloud up --port N` put them inside
+    the replica range."""
+    return set(range(settings.port - 1, settings.port + 4))
+
+
+def _check_port(port: int, settings: RegistrySettings) -> None:
+    """A service's replicas listen on its port, so it must be one the platform hands to
+    replicas (the range in docs/ARCHITECTURE.md, 20000-29999 by default): never a port of
+    the platform itself (the gateway, its services, PostgreSQL, RabbitMQ, S3), which a
+    replica could otherwise take or be confused with."""
+    low, high = settings.service_port_min, settings.service_port_max
+    if not low <= port <= high:
+        raise InvalidInput(
+            "port", f"{port} is outside the service port range {low}-{high}; omit it to get one"
+        )
+    if port in _platform_ports(settings):
+        raise InvalidInput("port", f"{port} is a port of the platform itself")
+
+
 async def _port_taken(*, uow: UnitOfWork, port: int) -> bool:
     query = select(ModelService.id).where(ModelService.port == port)
     return (await uow.session.exec(query)).first() is not None
@@ -179,6 +202,7 @@ async def _free_port(*, uow: UnitOfWork, settings: RegistrySettings) -> int:
             )
         ).all()
     )
+    taken |= _platform_ports(settings)
     for port in range(settings.service_port_min, settings.service_port_max + 1):
         if port not in taken:
             return port

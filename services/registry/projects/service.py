@@ -44,6 +44,9 @@ async def list_projects(*, uow: UnitOfWork, user: User) -> list[ProjectRead]:
     if user.is_admin:
         projects = (await uow.session.exec(select(Project).order_by(col(Project.name)))).all()
         return [ProjectRead(**p.model_dump(), role=Role.ADMIN) for p in projects]
+    if user.service_role is not None:  # a platform service reads every project (deps.py)
+        projects = (await uow.session.exec(select(Project).order_by(col(Project.name)))).all()
+        return [ProjectRead(**p.model_dump(), role=Role.READ) for p in projects]
     query = (
         select(Project, Membership.role)
         .join(Membership)
@@ -64,6 +67,10 @@ async def get_project_for(
         raise NotFound(f"no project {name!r}")
     if user.is_admin:
         return project, Role.ADMIN
+    if user.service_role is not None:  # reads only, and only its role's routes (deps.py)
+        if not Role.READ.allows(needed):
+            raise Forbidden(f"a service account only reads; this needs the {needed} role")
+        return project, Role.READ
     membership = await uow.session.get(Membership, (project.id, user.id))
     if membership is None:
         raise NotFound(f"no project {name!r}")
@@ -93,9 +100,27 @@ async def set_member(
     if existing is None:
         uow.session.add(Membership(project_id=project.id, user_id=target.id, role=role))
     else:
+        if existing.role == Role.ADMIN and role != Role.ADMIN:
+            await _keep_an_admin(uow=uow, project=project, leaving=target.name)
         existing.role = role
     await uow.commit()
     return MembershipRead(user=target.name, role=role)
+
+
+async def _keep_an_admin(*, uow: UnitOfWork, project: Project, leaving: str) -> None:
+    """Refuse to take the admin role from the project's last admin: nobody could manage
+    its members again. The admins' rows are locked (PostgreSQL) so that two admins
+    demoting each other at once cannot both pass this check."""
+    query = (
+        select(Membership.user_id)
+        .where(Membership.project_id == project.id, Membership.role == Role.ADMIN)
+        .with_for_update()
+    )
+    if len((await uow.session.exec(query)).all()) <= 1:
+        raise Conflict(
+            f"{leaving} is the last admin of project {project.name!r}; "
+            "make another member admin first"
+        )
 
 
 async def list_members(*, uow: UnitOfWork, user: User, project_name: str) -> list[MembershipRead]:

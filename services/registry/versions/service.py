@@ -27,7 +27,7 @@ from services.registry.accounts.models import User
 from services.registry.bundles.archive import BundleRejected, CheckedBundle, check_bundle
 from services.registry.bundles.store import BundleStore
 from services.registry.interfaces.build_file import BuildFileRejected, parse_build_file
-from services.registry.interfaces.parser import InterfaceError, parse_interface
+from services.registry.interfaces.parser import InterfaceError, parse_interface_in_child
 from services.registry.model_services.models import ModelService
 from services.registry.model_services.service import get_service_for
 from services.registry.names import VERSION_RULE
@@ -72,15 +72,16 @@ async def register_version(
     )
     if await _find(uow=uow, service=service, version=version) is not None:
         raise Conflict(f"version {version!r} of {service.name!r} exists already")
-    # Reading a big compressed archive takes a while: keep the event loop free meanwhile.
+    # Reading a big compressed archive, a 1 MiB source or 256 KiB of YAML takes a while:
+    # keep the event loop free meanwhile (the source in a child process: ast holds the GIL).
     bundle = await asyncio.to_thread(_checked, upload, sha256=sha256, size=size)
     try:
-        parsed = parse_interface(bundle.cloud_model)
+        parsed = await parse_interface_in_child(bundle.cloud_model)
     except InterfaceError as exc:
         raise InvalidInput("bundle", f"cloud_model.py: {exc}") from None
     try:
-        build_file = parse_build_file(
-            bundle.modelcloud_yml, has_requirements=bundle.has_requirements
+        build_file = await asyncio.to_thread(
+            parse_build_file, bundle.modelcloud_yml, has_requirements=bundle.has_requirements
         )
     except BuildFileRejected as exc:
         raise InvalidInput(
@@ -301,6 +302,7 @@ async def deployment_ready(*, uow: UnitOfWork, version_id: UUID, replicas: list[
             device=performance.device,
             public=service.public,
             timeout_s=performance.timeout_s,
+            commands=[c.name for c in ModelManifest.model_validate(row.interface).commands],
         )
     )
 
