@@ -18,6 +18,7 @@ reached the model); when every replica is busy past its bound the answer is 503 
 ``Retry-After`` instead of an unbounded queue.
 """
 
+import json
 import time
 
 import aiohttp
@@ -187,7 +188,30 @@ async def _forward(
             )
         passed = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_BACK}
         passed["x-modelcloud-api-version"] = str(route.api_version)
+        if path == "openapi.json" and answer.status == 200:
+            content = _callable_only(content, route)
         return Response(content, status_code=answer.status, headers=passed)
+
+
+def _callable_only(document: bytes, route: Route) -> bytes:
+    """The model's own OpenAPI document less the operations the gateway does not forward
+    (``/setup``): a client generated from it calls only what answers. A document that is
+    not the JSON object expected passes as it came."""
+    try:
+        parsed = json.loads(document)
+        paths = parsed["paths"]
+        kept = {
+            name: {
+                method: operation
+                for method, operation in operations.items()
+                if route.allows(method.upper(), name.lstrip("/"))
+            }
+            for name, operations in paths.items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return document
+    parsed["paths"] = {name: operations for name, operations in kept.items() if operations}
+    return json.dumps(parsed).encode()
 
 
 def _not_callable(route: Route, method: str, path: str) -> str:

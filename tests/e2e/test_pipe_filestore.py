@@ -44,6 +44,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
+def wait_answering(url: str, process: subprocess.Popen[bytes]) -> None:
+    """A server with no ``/readyz`` (moto's): up once it answers anything. The file store
+    checks its bucket at start, and exits when the S3 server is not there yet."""
+    for _ in range(300):
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            httpx.get(url)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not start")
+
+
 @pytest.fixture(
     params=[
         "local",
@@ -97,6 +111,7 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
                     stderr=subprocess.DEVNULL,
                 )
             )
+            wait_answering(s3, processes[-1])
             store_env |= {
                 "FILESTORE_STORAGE": "s3",
                 "FILESTORE_S3_ENDPOINT_URL": s3,

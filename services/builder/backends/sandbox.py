@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -80,7 +81,8 @@ _ETC = (
 )
 # The sandbox's own empty tmpfs folders, not the machine's.
 _SCRATCH = ("/tmp", "/dev/shm")  # noqa: S108
-_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Project names never hold a dot (services/registry/names.py): a hashed name cannot be one.
+_SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 UIDS_FILE = "sandbox-uids.json"
 # Namespaces of its own: no other process of the machine is seen or signalled, and it dies
 # with the builder's handle on it.
@@ -91,7 +93,6 @@ _PRIVATE = (
     "--unshare-cgroup-try",
     "--hostname",
     "modelcloud",
-    "--die-with-parent",
 )
 
 
@@ -131,9 +132,12 @@ class Sandbox:
         read_only: Iterable[Path] = (),
         writable: Iterable[Path] = (),
         devices: Iterable[Path] = (),
+        outlives_builder: bool = False,
     ) -> list[str]:
         """``argv`` (its first item a path that exists inside) run in ``cwd`` in the sandbox,
-        as ``project``'s user, seeing ``read_only`` and ``writable`` at their own paths."""
+        as ``project``'s user, seeing ``read_only`` and ``writable`` at their own paths.
+        A build step dies with the builder; a replica (``outlives_builder``) serves on, for
+        a restarted builder to adopt."""
         uid = self.uid(project)
         passwd, group = self._identity(uid)
         args = [self.bwrap]
@@ -156,6 +160,8 @@ class Sandbox:
             + [(Path(p).resolve(), "--bind") for p in writable]
         )
         args += ["--chdir", str(cwd)]
+        if not outlives_builder:
+            args.append("--die-with-parent")
         if self.unprivileged:
             return [*args, "--unshare-user", *_PRIVATE, "--", *argv]
         args += [
@@ -192,7 +198,7 @@ class Sandbox:
         """Give ``path`` back to root: its user can no longer change it (a built venv).
         Without root nothing can be given away: the venv stays the builder's."""
         if not self.unprivileged:
-            _chown_tree(path, 0, 0)
+            _chown_tree(path, 0, 0, seal=True)
 
     def _identity(self, uid: int) -> tuple[Path, Path]:
         """``passwd`` and ``group`` files naming root and the sandbox's user (a program that
@@ -274,7 +280,7 @@ def project_folder(project: str) -> str:
         return project
     import hashlib
 
-    return "project-" + hashlib.sha256(project.encode()).hexdigest()[:16]
+    return "h." + hashlib.sha256(project.encode()).hexdigest()
 
 
 def sandbox_for(mode: str, *, state: Path, uid_base: int, uid_count: int) -> Sandbox | None:
@@ -357,11 +363,20 @@ def _mounts(wanted: list[tuple[Path, str]]) -> list[str]:
     return args
 
 
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
+def _chown_tree(path: Path, uid: int, gid: int, *, seal: bool = False) -> None:
+    """Give ``path`` and all below it to ``uid``; ``seal``: also take away every write bit
+    but the owner's. Walked by folder descriptors (``os.fwalk``), never by path: a folder
+    the project swaps for a link meanwhile is not followed out of the tree as root."""
     os.chown(path, uid, gid, follow_symlinks=False)
-    for folder, dirs, files in os.walk(path):
+    if seal:
+        os.chmod(path, path.lstat().st_mode & ~0o022 & 0o7777)
+    for _, dirs, files, folder in os.fwalk(path, follow_symlinks=False):
         for name in (*dirs, *files):
-            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+            os.chown(name, uid, gid, dir_fd=folder, follow_symlinks=False)
+            if seal:
+                mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+                if not stat.S_ISLNK(mode):
+                    os.chmod(name, mode & ~0o022 & 0o7777, dir_fd=folder)
 
 
 def _system_user(uid: int) -> bool:

@@ -25,10 +25,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ from services.builder.backends.sdk import COMPLETE, Sdk, SdkWheels
 from services.builder.builds.steps import StepRejected, prepare
 from services.builder.settings import BuilderSettings
 
+log = logging.getLogger(__name__)
 REPLICA_MARK = "MODELCLOUD_REPLICA_ID"
 OWNER_MARK = "MODELCLOUD_REPLICA_OWNER"
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -125,12 +128,17 @@ class VenvBuilder:
             }
         )
         env = self.envs / key
+        # Beside the venv, not in it: the project's steps write the venv, and the builder
+        # (root) must never write, or read, a path the project controls.
+        complete = self.envs / f"{key}{COMPLETE}"
         async with self._locks.setdefault(key, asyncio.Lock()):
-            reused = (env / COMPLETE).is_file()
+            reused = complete.is_file()
             if reused:
                 log(f"dependencies unchanged: reusing the environment {key[:12]}")
             else:
+                await asyncio.to_thread(complete.unlink, missing_ok=True)
                 await self._create(env, python, sdk, steps, requirements, log, job.project)
+                await asyncio.to_thread(complete.write_text, "ok\n")
         code = self.code / str(job.version_id)
         await asyncio.to_thread(_replace_tree, job.source, code)
         if self.sandbox is not None:  # the replica's working tree is its own
@@ -138,7 +146,14 @@ class VenvBuilder:
         log(f"code copied to {code}")
         return Artifact(
             backend=self.name,
-            data={"env": str(env), "code": str(code), "entrypoint": list(command)},
+            data={
+                "env": str(env),
+                "code": str(code),
+                "entrypoint": list(command),
+                # What a replica's sandbox mounts of the interpreter: the builder's own probe
+                # of it, never what the venv (written by the project's steps) says.
+                "python": [str(python.prefix), str(python.executable.parent)],
+            },
             reused_environment=reused,
         )
 
@@ -193,7 +208,6 @@ class VenvBuilder:
             )
         if self.sandbox is not None:  # done: from now on only read, by every version
             await asyncio.to_thread(self.sandbox.seal, env)
-        (env / COMPLETE).write_text("ok\n")
 
     def _sandboxed(self, project: str, env: Path, python: Interpreter, cache: Path) -> Wrap | None:
         """How the steps of ``project`` run: as its user, writing only the venv and its own
@@ -399,21 +413,48 @@ class ProcessRuntime:
             command,
             project=replica.project,
             cwd=code,
-            read_only=[env, *_python_installation(env)],
+            read_only=[env, *_interpreter_mounts(replica.artifact.data, env)],
             writable=[code],
             devices=_gpu_devices() if replica.gpu else (),
+            outlives_builder=True,
         )
 
     async def stop(self, handle: str, grace_s: float = 10.0) -> None:
         pid = int(handle)
         if not self.alive(handle):
             self._children.pop(pid, None)
+            # Its first process (a sandbox's bwrap) may be gone with the model server still
+            # running in its group, holding the port: nothing of it is left running.
+            await self._sweep(pid)
             return
         _terminate(pid)
         if not await self._gone(handle, grace_s):
             _signal_group(pid, signal.SIGKILL)
             await self._gone(handle, 30.0)
         self._children.pop(pid, None)
+
+    async def _sweep(self, group: int) -> None:
+        """Kill what is left of a replica's process group (this builder's marked processes
+        only), and wait until it is gone."""
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while left := await asyncio.to_thread(self._left_in, group):
+            for member in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(member, signal.SIGKILL)
+            if asyncio.get_running_loop().time() >= deadline:
+                log.warning("replica processes %s outlived SIGKILL", left)
+                return
+            await asyncio.sleep(0.05)
+
+    def _left_in(self, group: int) -> list[int]:
+        return [
+            member
+            for member in all_pids()
+            if (status := process_status(member)) is not None
+            and status[2] == group
+            and process_alive(member)
+            and self._is_ours(member)
+        ]
 
     async def _gone(self, handle: str, within_s: float) -> bool:
         # A process exit is not an awaitable event for an adopted replica: poll.
@@ -472,18 +513,25 @@ def _spawn(
         )
 
 
-def _python_installation(env: Path) -> list[Path]:
-    """Where the venv's interpreter lives (``home`` in ``pyvenv.cfg`` and its parent, the
-    installation's prefix), for a sandbox to mount."""
+def _interpreter_mounts(data: dict[str, Any], env: Path) -> list[Path]:
+    """The interpreter's installation, as the build recorded it. An artifact built before
+    builds recorded it (and before steps were sandboxed: its venv is root's) names it only
+    in its ``pyvenv.cfg``, read as a small regular file and nothing else."""
+    if "python" in data:
+        return [Path(folder) for folder in data["python"]]
+    config = env / "pyvenv.cfg"
     try:
-        lines = (env / "pyvenv.cfg").read_text().splitlines()
+        info = config.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_size > 64 << 10:
+            return []
+        lines = config.read_text().splitlines()
     except OSError:
         return []
     for line in lines:
         name, _, value = line.partition("=")
         if name.strip() == "home" and value.strip():
             home = Path(value.strip())
-            return [home, home.parent, Path(os.path.realpath(env / "bin" / "python")).parent]
+            return [home, home.parent]
     return []
 
 

@@ -6,9 +6,13 @@ Each attack here worked before the sandbox: a step ``cat <data>/admin.token`` pr
 token into the build log, model code read ``../../../platform.token``, an ``env`` step
 printed every ``PIP_*`` variable of the builder."""
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +21,12 @@ import pytest
 
 from services.builder.backends.package_index import IndexCredentials
 from services.builder.backends.processes import all_pids, process_alive, process_environment
-from services.builder.backends.sandbox import ProjectUids, SandboxUnavailable, sandbox_for
+from services.builder.backends.sandbox import (
+    ProjectUids,
+    SandboxUnavailable,
+    project_folder,
+    sandbox_for,
+)
 from services.builder.backends.venv import OWNER_MARK, VenvBuilder
 from services.builder.settings import BuilderSettings
 from services.builder.tests.conftest import SERVICE, Platform, running_builder, wait_for
@@ -190,6 +199,82 @@ async def test_a_replica_cannot_read_the_platforms_tokens(
         return not marked_processes(owner)
 
     await wait_for(none_left)
+
+
+async def test_a_build_step_cannot_steer_what_the_builder_writes_or_mounts(
+    platform: Platform, secrets: dict[str, Path], tmp_path: Path
+) -> None:
+    """The venv is the project's while its steps run: a link the builder would write
+    through as root, a ``pyvenv.cfg`` naming the data folder for replicas to mount, write
+    bits left for later replicas. None of them takes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    script = (
+        "import os, pathlib; v = pathlib.Path(os.environ['VIRTUAL_ENV']); "
+        f"os.symlink({str(victim)!r}, v / '.modelcloud-complete'); "
+        f"(v / 'pyvenv.cfg').write_text('home = {tmp_path}\\n'); "
+        "[os.chmod(f, 0o777) for f in v.rglob('*') if not f.is_symlink()]"
+    )
+    targets = [str(secrets["admin.token"])]
+    files = {
+        "cloud_model.py": PROBE,
+        "targets.json": json.dumps(targets),
+        "modelcloud.yml": json.dumps({"build_steps": [f'python -c "{script}"']}),
+    }
+    built = await build(platform, "1.0", files)
+    assert built["state"] == "built", built["state_detail"]
+    assert victim.read_text() == "untouched\n"
+    online = await publish(platform, "1.0")
+    assert online["state"] == "online", online["state_detail"]
+    address = online["replicas"][0]["address"]
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"http://{address}/probe", json={"name": "x"})
+    seen = json.loads(answer.json()["message"])
+    assert seen["read"][targets[0]] == "FileNotFoundError", seen
+    env = next((platform.settings.cache_root() / "envs").glob("*/pyvenv.cfg")).parent
+    sealed = [f for f in env.rglob("*") if not f.is_symlink()]
+    assert sealed
+    assert not [f for f in sealed if f.lstat().st_mode & 0o022], "write bits left to others"
+
+
+def test_a_replica_s_sandbox_outlives_the_builder_and_a_step_s_does_not(
+    tmp_path: Path,
+) -> None:
+    """A restarted builder adopts the replicas it left (they serve on meanwhile); a build
+    step ends with the builder that ran it."""
+    sandbox = sandbox_for("bwrap", state=tmp_path / "state", uid_base=61000, uid_count=100)
+    assert sandbox is not None
+    starter = (
+        "import subprocess as s, sys; print(s.Popen(sys.argv[1:], start_new_session=True, "
+        "stdin=s.DEVNULL, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"
+    )
+    pids = {}
+    for outlives in (True, False):
+        command = sandbox.command(
+            ["sleep", "120"], project="vision", cwd=Path("/"), outlives_builder=outlives
+        )
+        started = subprocess.run(
+            [sys.executable, "-c", starter, *command], capture_output=True, text=True, check=True
+        )
+        pids[outlives] = int(started.stdout)  # its starter, the "builder", has exited
+    try:
+
+        async def step_gone() -> bool:
+            return not process_alive(pids[False])
+
+        asyncio.run(wait_for(step_gone, timeout=30))
+        assert process_alive(pids[True])
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_hashed_project_folders_are_no_project_s_name() -> None:
+    hashed = project_folder("VictimName")
+    assert hashed != "VictimName"
+    assert project_folder(hashed.replace(".", "-")) != hashed
+    assert "." in hashed  # project names hold no dot: no project is called this
 
 
 def marked_processes(owner: str) -> list[int]:

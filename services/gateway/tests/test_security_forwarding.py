@@ -198,6 +198,10 @@ async def test_a_reader_cannot_reconfigure_a_model_and_nobody_else_reaches_it(
         meta = await gateway.get(f"{MODEL}/v1/meta", headers=as_reader)
         assert meta.status_code == 200
         assert [c["name"] for c in meta.json()["commands"]] == ["greet"]
+        document = await gateway.get(f"{MODEL}/v1/openapi.json", headers=as_reader)
+        assert document.status_code == 200
+        assert "/greet" in document.json()["paths"]
+        assert "/setup" not in document.json()["paths"]  # what the gateway answers 404
         stranger = registry.as_user(await registry.user_token("stranger"))
         hidden = await gateway.post(f"{MODEL}/v1/setup", json={}, headers=stranger)
         assert hidden.status_code == 404  # the project's existence stays hidden too
