@@ -7,12 +7,14 @@ import gzip
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from modelcloud._archives import ArchiveLimits, ArchiveRejected, _scan_tar
-from services.common.tar_guard import TarLimits, TarRejected, scan_tar
+from modelcloud._archives import TarSummary as ArchiveSummary
+from services.common.tar_guard import TarLimits, TarRejected, TarSummary, scan_tar
 
 MEMBERS, BYTES = 5, 4096
 
@@ -63,19 +65,20 @@ CORPUS = {
 
 
 def _platform(path: Path) -> tuple[str, object]:
-    limits = TarLimits(max_members=MEMBERS, max_unpacked_bytes=BYTES)
-    try:
-        summary = scan_tar(path, limits)
-    except TarRejected as refused:
-        return "refused", (refused.message, refused.member)
-    return "accepted", (summary.compression, summary.members, summary.unpacked_bytes)
+    return _decision(
+        lambda: scan_tar(path, TarLimits(max_members=MEMBERS, max_unpacked_bytes=BYTES))
+    )
 
 
 def _model_server(path: Path) -> tuple[str, object]:
     limits = ArchiveLimits(max_members=MEMBERS, max_unpacked_bytes=BYTES)
+    return _decision(lambda: _scan_tar(path, limits))
+
+
+def _decision(scan: Callable[[], TarSummary | ArchiveSummary]) -> tuple[str, object]:
     try:
-        summary = _scan_tar(path, limits)
-    except ArchiveRejected as refused:
+        summary = scan()
+    except (TarRejected, ArchiveRejected) as refused:
         return "refused", (refused.message, refused.member)
     return "accepted", (summary.compression, summary.members, summary.unpacked_bytes)
 

@@ -6,7 +6,6 @@ token stops working."""
 
 import asyncio
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -26,21 +25,10 @@ from services.gateway.tables import load_from_registry
 from services.registry.admin import create_admin_user
 from services.registry.settings import RegistrySettings
 from services.registry.tests.support import make_service, running_registry, upload_version
+from tests.e2e.test_platform_embedded import free_port_block
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN_FILES = ["admin.token", "builder.token", "gateway.token"]
-
-
-def free_port_block() -> int:
-    for base in range(19_100, 20_000, 10):
-        try:
-            for port in range(base, base + 5):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no 5 free ports in a row")
 
 
 @dataclass
