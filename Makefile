@@ -42,18 +42,28 @@ fmt: $(STAMP) ## format and auto-fix
 	$(BIN)/ruff check --fix .
 
 typecheck: $(STAMP) ## mypy strict on every package
-	$(BIN)/mypy proto/modelcloud_proto sdk/modelcloud sdk/bolt4ds services
+	$(BIN)/mypy proto/modelcloud_proto sdk/modelcloud sdk/bolt4ds services testing/modelcloud_testing
+
+# In parallel (pytest-xdist), one test process per core: tests that share a Docker engine,
+# a RabbitMQ broker or a module's fixture keep to one process (testing/modelcloud_testing/
+# workers.py). PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
 
 pytest: $(STAMP) ## the test suite alone
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test: lint typecheck pytest ## everything: lint, types, tests
 
-bench: $(STAMP) ## benchmarks (results go to bench/RESULTS.md by hand, with the machine and date)
+$(VENV)/.bench-installed: $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -qq -e ".[bench]"
+	touch $@
+
+bench: $(STAMP) $(VENV)/.bench-installed ## benchmarks (results go to bench/RESULTS.md by hand, with the machine and date)
 	$(BIN)/python bench/model_server.py
 	$(BIN)/python bench/filestore.py
 	$(BIN)/python bench/gateway.py   # needs nginx and wrk: apt-get install nginx-light wrk
 	$(BIN)/python bench/tracking.py  # makes bench/out/mlflow-venv with mlflow the first time
+	$(BIN)/python bench/soak.py      # finds the highest steady rate, then 10 min of it (locust)
 
 up: ## the full stack with docker compose
 	docker compose -f deploy/docker-compose.yml up -d

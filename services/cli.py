@@ -1,14 +1,15 @@
 """Platform commands added to the ``modelcloud`` CLI when the platform is installed:
-``modelcloud serve NAME``, ``modelcloud registry create-admin`` and
-``modelcloud registry create-service-account``.
+``modelcloud serve NAME``, ``modelcloud registry create-admin``,
+``modelcloud registry create-service-account`` and ``modelcloud events dlq ...``.
 
 The SDK finds this module through the ``modelcloud.cli`` entry point, so the SDK itself
 never imports the platform.
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -16,7 +17,11 @@ import uvicorn
 from services.common.serving import server_config
 from services.common.settings import ServiceSettings
 
+if TYPE_CHECKING:
+    from services.common.events.bus import EventBus
+
 SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")
+T = TypeVar("T")
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +33,20 @@ def register(app: typer.Typer) -> None:
     registry.command("create-admin")(create_admin)
     registry.command("create-service-account")(create_service_account)
     app.add_typer(registry, name="registry")
+    events = typer.Typer(help="The event bus, for operators.", no_args_is_help=True)
+    dlq = typer.Typer(
+        help="Dead-letter queues: envelopes a consumer could not handle, kept for a replay.",
+        no_args_is_help=True,
+    )
+    dlq.command("list")(dlq_list)
+    dlq.command("show")(dlq_show)
+    dlq.command("replay")(dlq_replay)
+    dlq.command("purge")(dlq_purge)
+    events.add_typer(dlq, name="dlq")
+    app.add_typer(events, name="events")
+    filestore = typer.Typer(help="File store administration.", no_args_is_help=True)
+    filestore.command("collect")(collect_blobs)
+    app.add_typer(filestore, name="filestore")
 
 
 def serve(
@@ -80,6 +99,19 @@ def _service(name: str, overrides: dict[str, Any]) -> tuple[Any, ServiceSettings
 
     registry_settings = RegistrySettings(**overrides)
     return registry_app(registry_settings), registry_settings
+
+
+def collect_blobs(
+    data_dir: Annotated[Path | None, typer.Option(help="The file store's data folder.")] = None,
+) -> None:
+    """Delete now the blobs no file refers to any more (the file store also does it every
+    FILESTORE_GC_INTERVAL_S): those older than the longest upload plus the grace period."""
+    from services.filestore.blobs.collector import collect_with
+    from services.filestore.settings import FilestoreSettings
+
+    settings = FilestoreSettings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+    collected = asyncio.run(collect_with(settings))
+    typer.echo(f"removed {len(collected.keys)} objects, {collected.bytes} bytes")
 
 
 def create_admin(
@@ -146,3 +178,141 @@ def up(
 
     folder = data_dir or Path.home() / ".modelcloud" / "platform"
     asyncio.run(run(folder, port=port, host=host, on_ready=ready))
+
+
+# ------------------------------------------------------------------ modelcloud events dlq
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The data folder of `modelcloud up` (or of `modelcloud serve`) whose local bus "
+        "to open [default: ~/.modelcloud/platform]."
+    ),
+]
+BrokerUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MODELCLOUD_BROKER_URL",
+        help="amqp:// URL of the platform's RabbitMQ; without it, the local bus.",
+        show_default=False,
+    ),
+]
+QueueArgument = Annotated[str, typer.Argument(help="The consumer's queue, e.g. builder.")]
+
+
+def dlq_list(data_dir: DataDirOption = None, broker_url: BrokerUrlOption = None) -> None:
+    """Each consumer queue and how many dead letters wait in its dead-letter queue."""
+    counts = _on_bus(data_dir, broker_url, lambda bus: bus.dead_letter_counts())
+    width = max((len(queue) for queue in counts), default=5)
+    typer.echo(f"{'QUEUE':<{width}}  DEAD LETTERS")
+    for queue, count in counts.items():
+        typer.echo(f"{queue:<{width}}  {count}")
+
+
+def dlq_show(
+    queue: QueueArgument,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, oldest first.")] = 20,
+    body: Annotated[bool, typer.Option(help="Print each message's body too.")] = False,
+    data_dir: DataDirOption = None,
+    broker_url: BrokerUrlOption = None,
+) -> None:
+    """The dead letters of QUEUE, oldest first: id, type, why, how many deliveries."""
+
+    async def show(bus: "EventBus") -> None:
+        await _known_queue(bus, queue, broker_url)
+        for letter in await bus.dead_letters(queue, limit=limit):
+            typer.echo(
+                f"{letter.id}  {letter.type or '(not an envelope)'}  {letter.reason}  "
+                f"deliveries={letter.deliveries}"
+            )
+            if body:
+                typer.echo(letter.body[:_MAX_BODY_BYTES].decode(errors="replace"))
+
+    _on_bus(data_dir, broker_url, show)
+
+
+def dlq_replay(
+    queue: QueueArgument,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--id", help="Replay only this dead letter (repeatable); default: all."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    broker_url: BrokerUrlOption = None,
+) -> None:
+    """Deliver dead letters to QUEUE again (only its consumer sees them) and remove them
+    from the dead-letter queue."""
+
+    async def replay(bus: "EventBus") -> int:
+        await _known_queue(bus, queue, broker_url)
+        try:
+            return await bus.replay_dead_letters(queue, ids=ids or None)
+        except LookupError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    replayed = _on_bus(data_dir, broker_url, replay)
+    typer.echo(f"replayed {replayed} dead letters to {queue}")
+    if ids and replayed < len(ids):
+        typer.echo(f"{len(ids) - replayed} of the ids were not in {queue}.dlq", err=True)
+        raise typer.Exit(1)
+
+
+def dlq_purge(
+    queue: QueueArgument,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    data_dir: DataDirOption = None,
+    broker_url: BrokerUrlOption = None,
+) -> None:
+    """Drop every dead letter of QUEUE (they cannot be replayed afterwards)."""
+    if not yes:
+        typer.confirm(f"Drop every dead letter of {queue}?", abort=True)
+
+    async def purge(bus: "EventBus") -> int:
+        await _known_queue(bus, queue, broker_url)
+        return await bus.purge_dead_letters(queue)
+
+    typer.echo(f"purged {_on_bus(data_dir, broker_url, purge)} dead letters of {queue}")
+
+
+_MAX_BODY_BYTES = 4000
+
+
+def _on_bus(
+    data_dir: Path | None, broker_url: str | None, work: Callable[["EventBus"], Awaitable[T]]
+) -> T:
+    from services.common.events.bus import BusUnavailable, EventBus
+    from services.common.events.local import LocalBus
+    from services.common.events.rabbitmq import RabbitBus
+
+    bus: EventBus
+    if broker_url is not None:
+        # Declares nothing: an operator's look must not create queues.
+        bus = RabbitBus(broker_url, queues={}, name="modelcloud-events-cli")
+    else:
+        path = (data_dir or Path.home() / ".modelcloud" / "platform") / "events.db"
+        if not path.is_file():
+            raise typer.BadParameter(f"no local bus at {path}", param_hint="--data-dir")
+        # Beside a running platform: leave its in-flight messages and queues alone.
+        bus = LocalBus(path, queues={}, take_over=False)
+
+    async def run() -> T:
+        try:
+            await bus.start()
+            return await work(bus)
+        finally:
+            await bus.close()
+
+    try:
+        return asyncio.run(run())
+    except (BusUnavailable, ConnectionError) as exc:  # a broker gone mid-way: no traceback
+        typer.echo(f"the event bus is unavailable: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _known_queue(bus: "EventBus", queue: str, broker_url: str | None) -> None:
+    """The local bus knows every queue; RabbitMQ's (no listing over AMQP) answer for theirs."""
+    if broker_url is not None:
+        return
+    known = await bus.dead_letter_counts()
+    if queue not in known:
+        raise typer.BadParameter(f"no queue {queue!r}; known: {', '.join(known)}")

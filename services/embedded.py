@@ -76,95 +76,101 @@ async def run(
     registry_settings = RegistrySettings(data_dir=data_dir / "registry", host=host, port=port + 1)
     admin_file, service_tokens = await _tokens(registry_settings, data_dir)
     replica_key = await asyncio.to_thread(_replica_key, data_dir)
-    bus = LocalBus(data_dir / "events.db")
-    await bus.start()
-    apps: list[tuple[FastAPI, int]] = [
-        (registry_app(registry_settings, bus=bus), port + 1),
-        (
-            builder_app(
-                BuilderSettings(
-                    data_dir=data_dir / "builder",
-                    host=host,
-                    port=port + 2,
-                    registry_url=urls["registry"],
-                    registry_token=service_tokens[ServiceRole.BUILDER],
-                    replica_key=replica_key,
-                    stop_replicas_on_exit=True,
+    # Started in order, stopped in reverse whatever happens (as each service's runtime
+    # does with its own parts): the servers, the gateway first, then the shared bus.
+    async with contextlib.AsyncExitStack() as stack:
+        bus = LocalBus(data_dir / "events.db")
+        await bus.start()
+        stack.push_async_callback(bus.close)
+        apps: list[tuple[FastAPI, int]] = [
+            (registry_app(registry_settings, bus=bus), port + 1),
+            (
+                builder_app(
+                    BuilderSettings(
+                        data_dir=data_dir / "builder",
+                        host=host,
+                        port=port + 2,
+                        registry_url=urls["registry"],
+                        registry_token=service_tokens[ServiceRole.BUILDER],
+                        replica_key=replica_key,
+                        stop_replicas_on_exit=True,
+                    ),
+                    bus=bus,
                 ),
-                bus=bus,
+                port + 2,
             ),
-            port + 2,
-        ),
-        (
-            filestore_app(
-                FilestoreSettings(
-                    data_dir=data_dir / "filestore",
-                    host=host,
-                    port=port + 3,
-                    registry_url=urls["registry"],
-                )
-            ),
-            port + 3,
-        ),
-        (
-            metrics_app(
-                MetricsSettings(
-                    data_dir=data_dir / "metrics",
-                    host=host,
-                    port=port + 4,
-                    registry_url=urls["registry"],
-                )
-            ),
-            port + 4,
-        ),
-        (
-            gateway_app(
-                GatewaySettings(
-                    data_dir=data_dir / "gateway",
-                    host=host,
-                    port=port,
-                    registry_url=urls["registry"],
-                    builder_url=urls["builder"],
-                    filestore_url=urls["filestore"],
-                    metrics_url=urls["metrics"],
-                    registry_token=service_tokens[ServiceRole.GATEWAY],
-                    replica_key=replica_key,
+            (
+                filestore_app(
+                    FilestoreSettings(
+                        data_dir=data_dir / "filestore",
+                        host=host,
+                        port=port + 3,
+                        registry_url=urls["registry"],
+                    )
                 ),
-                bus=bus,
+                port + 3,
             ),
-            port,
-        ),
-    ]
-    servers = [_Server(server_config(app, host, p)) for app, p in apps]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    tasks: list[asyncio.Task[None]] = []
-    try:
+            (
+                metrics_app(
+                    MetricsSettings(
+                        data_dir=data_dir / "metrics",
+                        host=host,
+                        port=port + 4,
+                        registry_url=urls["registry"],
+                    )
+                ),
+                port + 4,
+            ),
+            (
+                gateway_app(
+                    GatewaySettings(
+                        data_dir=data_dir / "gateway",
+                        host=host,
+                        port=port,
+                        registry_url=urls["registry"],
+                        builder_url=urls["builder"],
+                        filestore_url=urls["filestore"],
+                        metrics_url=urls["metrics"],
+                        registry_token=service_tokens[ServiceRole.GATEWAY],
+                        replica_key=replica_key,
+                    ),
+                    bus=bus,
+                ),
+                port,
+            ),
+        ]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        stack.callback(_restore_signals, loop)
         platform = Platform(urls["gateway"], data_dir, admin_file)
-        for server in servers:  # in order: the registry first, the gateway (front door) last
-            if server is servers[-1] and config_file is not None:
+        for app, app_port in apps:  # in order: the registry first, the gateway last
+            if app_port == port and config_file is not None:
                 # written before the front door answers: whoever sees the gateway up finds it
                 _write_config(config_file, platform)
-            tasks.append(asyncio.create_task(server.serve()))
+            server = _Server(server_config(app, host, app_port))
+            serving = asyncio.create_task(server.serve())
+            stack.push_async_callback(_stop_server, server, serving)
             while not server.started:
-                if tasks[-1].done():
-                    await tasks[-1]  # raises why it could not start (a port in use, ...)
+                if serving.done():
+                    await serving  # raises why it could not start (a port in use, ...)
                     raise RuntimeError("a platform service stopped while starting")
                 await asyncio.sleep(0.05)
         on_ready(platform)
         await stop.wait()
-    finally:
-        started = list(zip(servers, tasks, strict=False))
-        for server, task in reversed(started):  # the gateway first, the registry last
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await task
-        await bus.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+
+
+async def _stop_server(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await serving
+
+
+def _restore_signals(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
 
 
 _SERVICES = ("gateway", "registry", "builder", "filestore", "metrics")

@@ -97,6 +97,17 @@ class ServiceRegistered(Event):
     device: Device
 
 
+class ServiceVisibilityChanged(Event):
+    """A service turned public (callable with any valid token) or private (its project's
+    readers only): the gateway applies it to every routed version of the service at once."""
+
+    TYPE = "registry.service.visibility_changed"
+    project: str
+    service_id: UUID
+    service: str
+    public: bool
+
+
 class VersionRegistered(Event):
     TYPE = "registry.version.registered"
     project: str
@@ -226,3 +237,22 @@ class ReplicaRestarted(Event):
 
 
 VersionOnline.model_rebuild()
+
+
+# Every consuming queue and the event types it is bound to. The buses declare all of them at
+# start, before anything is published: an event published before its consumer ever ran then
+# waits in the queue instead of being dropped by a topic exchange with nothing bound.
+CONSUMER_QUEUES: dict[str, tuple[str, ...]] = {
+    "registry": ("builder.build.*", "builder.deployment.*", "builder.replica.*"),
+    "builder": (
+        "registry.build.requested",
+        "registry.publish.requested",
+        "registry.offline.requested",
+    ),
+    "gateway": (
+        "registry.version.online",
+        "registry.version.offline",
+        "registry.service.visibility_changed",
+        "builder.replica.restarted",
+    ),
+}

@@ -6,6 +6,13 @@ once (default 1: most models are not thread-safe and a framework like torch alre
 every core for one call); requests beyond that wait in line. Input decoding (base64, image
 decoding, downloads) happens in other worker threads, outside that limit, so it overlaps
 with the running prediction. ``async def`` commands run on the event loop itself.
+
+Cancellation (the server cancels a call whose caller disconnected): a call still waiting
+for the limiter, or for its inputs to be decoded, is dropped before the model sees its
+inputs; an ``async def`` command is cancelled where it awaits (``asyncio.CancelledError``
+is raised in it, so ``try/finally`` blocks run); a synchronous command already running
+cannot be stopped (Python cannot kill a thread): it runs to its end and holds its place
+under the limit until then, and its result is discarded.
 """
 
 import inspect
@@ -167,7 +174,9 @@ class ModelRuntime:
             )
         finally:
             if workdir.exists():
-                await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+                # Shielded: a cancelled call (its caller left) still removes its files.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
     def _predict_and_encode(self, command: Command, inputs: dict[str, Any]) -> dict[str, Any]:
         try:

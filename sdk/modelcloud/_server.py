@@ -8,17 +8,25 @@ Started by the platform, the server is given a replica key (``MODELCLOUD_REPLICA
 answers only requests that carry it in ``X-ModelCloud-Replica-Key``: the gateway, which
 checks the caller's token, is then the only way in, whoever else can reach the port.
 ``/healthz`` stays open to the platform's health checks. Run by hand, there is no key.
+
+A caller that disconnects before its answer (the gateway closes its connection when the
+call times out or its own caller goes away) gets its call cancelled: an input still waiting
+for the model is dropped unrun, an ``async def`` command is cancelled where it awaits, and a
+synchronous command already running finishes in its thread (Python cannot stop a thread)
+with its result discarded (see :mod:`modelcloud._runtime`).
 """
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -45,6 +53,10 @@ from modelcloud_proto.replica_keys import REPLICA_KEY_HEADER
 log = logging.getLogger("modelcloud.server")
 _MAX_FORM_FILES = 64
 _MAX_FORM_FIELDS = 256
+# The status logged for a call whose caller left before its answer (nginx's "client closed
+# request"); nobody receives it.
+CALLER_LEFT = 499
+_T = TypeVar("_T")
 
 
 class ReplicaKeyRefused(ModelCloudError):
@@ -85,7 +97,12 @@ def create_app(
     async def command(request: Request) -> Response:
         cmd = runtime.command(request.path_params["command"])
         async with _payload(request) as (raw, uploads, from_form):
-            outputs = await runtime.call(cmd, raw, uploads, from_form=from_form)
+            outputs = await _unless_caller_leaves(
+                request, runtime.call(cmd, raw, uploads, from_form=from_form)
+            )
+        if outputs is None:
+            log.info("the caller of %s left before its answer: the call is dropped", cmd.name)
+            return Response(status_code=CALLER_LEFT)
         return JSONResponse(outputs)
 
     app = Starlette(
@@ -103,6 +120,31 @@ def create_app(
         },
     )
     return _RequestGuard(app, max_body_bytes, replica_key)
+
+
+# ----------------------------------------------------------------------------- callers leaving
+
+
+async def _unless_caller_leaves(request: Request, call: Coroutine[Any, Any, _T]) -> _T | None:
+    """``call``'s result, or None when the caller disconnected first and ``call`` was
+    cancelled. Called once the body has been read: the next message can then only be the
+    caller leaving (uvicorn sends it when the connection closes)."""
+    result: _T | None = None
+    with anyio.CancelScope() as scope:
+        # One watching task, not a task group: a group would wrap the call's errors (each a
+        # problem document with its status) in an exception group.
+        watcher = asyncio.create_task(_cancel_when_caller_leaves(request, scope))
+        try:
+            result = await call
+        finally:
+            watcher.cancel()
+    return result
+
+
+async def _cancel_when_caller_leaves(request: Request, scope: anyio.CancelScope) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 # ----------------------------------------------------------------------------- request bodies

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.events import (
+    CONSUMER_QUEUES,
     BuildRequested,
     DeploymentFailed,
     Envelope,
@@ -25,7 +26,7 @@ from services.builder.unit_of_work import UnitOfWork
 from services.common.database import after_commit
 
 QUEUE = "builder"
-PATTERNS = ("registry.build.requested", "registry.publish.requested", "registry.offline.requested")
+PATTERNS = CONSUMER_QUEUES[QUEUE]  # declared by every bus at start, see modelcloud_proto.events
 
 
 class BuilderConsumer:

@@ -1,13 +1,11 @@
 """The builder app: ``create_app(settings)`` builds everything on start, nothing at import.
 
-Start-up: logging, database and migrations, the event bus and outbox relay, the build
-runner, the supervisor (which reconciles running replicas first), then the consumer of the
-registry's requests. Shut-down undoes it in reverse order.
+Its parts (``services/common/runtime``): the database and its migrations, the event bus, the
+supervisor (which reconciles running replicas first), the consumer of the registry's
+requests, the outbox relay and the build runner; stopped in reverse order.
 """
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,16 +21,16 @@ from services.builder.bundles import BundleSource
 from services.builder.deployments.router import router as deployments_router
 from services.builder.deployments.supervisor import Supervisor
 from services.builder.settings import BuilderSettings
+from services.builder.state import BuilderState
 from services.common.access import RegistryAccess
 from services.common.body_limits import registry_token_check
-from services.common.database import create_engine, session_factory
-from services.common.events.bus import EventBus
+from services.common.events.bus import BusUnavailable, EventBus
 from services.common.events.choice import bus_for
 from services.common.events.consumer import idempotent
 from services.common.events.outbox import OutboxRelay
 from services.common.logging import configure_logging
-from services.common.migrations import upgrade
-from services.common.web import add_database_check, create_service_app
+from services.common.runtime import DATABASE, EVENT_BUS, ServiceRuntime, service_lifespan
+from services.common.web import create_service_app
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION = "0.1.0"
@@ -48,83 +46,75 @@ def create_app(
     shares one bus), ``registry_transport`` reaches an in-process registry."""
     settings = settings or BuilderSettings()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    def declare(runtime: ServiceRuntime) -> BuilderState:
         configure_logging("builder", settings.log_format, settings.log_level)
         root = settings.data_dir.resolve()
         root.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.sqlalchemy_url())
-        await upgrade(engine, MIGRATIONS)
-        sessions = session_factory(engine)
+        database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
         event_bus = bus or bus_for(settings)
-        await event_bus.start()
-        relay = OutboxRelay(sessions, event_bus, poll_interval_s=settings.outbox_poll_interval_s)
+        relay = OutboxRelay(
+            database.sessions, event_bus, poll_interval_s=settings.outbox_poll_interval_s
+        )
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         bundles = BundleSource(settings.registry_url, token, transport=registry_transport)
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=registry_transport
         )
+        # The access checker is also read by the shared token check (body_limits.py).
+        app.state.access = access
         logs = BuildLogs(root / "build-logs")
         runner = BuildRunner(
-            sessions=sessions,
+            sessions=database.sessions,
             backend=_backend_for(settings, root),
             bundles=bundles,
             logs=logs,
             relay=relay,
             scratch=root / "scratch",
         )
-        owner = settings.replica_owner()
         supervisor = Supervisor(
-            sessions=sessions,
-            runtime=_runtime_for(settings, owner),
+            sessions=database.sessions,
+            runtime=_runtime_for(settings, settings.replica_owner()),
             settings=settings,
             relay=relay,
             logs=root / "replica-logs",
         )
-        app.state.settings = settings
-        app.state.sessions = sessions
-        app.state.access = access
-        app.state.build_logs = logs
-        app.state.supervisor = supervisor
-        await supervisor.start()
+        runtime.closing("bundle-source", bundles.close)
+        runtime.closing("registry-access", access.close)
+        runtime.event_bus(event_bus, shared=bus is not None)
+
+        async def publish_last() -> None:
+            # What the supervisor staged last (a stopped deployment) still goes out.
+            with contextlib.suppress(BusUnavailable):
+                await relay.publish_pending()
+
+        runtime.step("last-events", stop=publish_last, needs=[DATABASE, EVENT_BUS])
+        # Reconciles the replicas found running before any request to change them comes in.
+        runtime.step(
+            "supervisor", supervisor.start, stop=supervisor.close, needs=[DATABASE], retry=True
+        )
         consumer = consumers.BuilderConsumer(runner, supervisor)
-        await event_bus.subscribe(
+        runtime.subscription(
             consumers.QUEUE,
             consumers.PATTERNS,
-            idempotent(consumers.QUEUE, sessions, consumer.apply),
+            idempotent(consumers.QUEUE, database.sessions, consumer.apply),
             max_deliveries=settings.max_deliveries,
+            needs=["supervisor"],
         )
-
-        add_database_check(app, engine)
-        tasks = [
-            asyncio.create_task(relay.run(), name="builder-outbox-relay"),
-            asyncio.create_task(runner.run(), name="builder-runner"),
-        ]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await supervisor.close()
-            # What the supervisor staged last (a stopped deployment) still goes out.
-            with contextlib.suppress(Exception):
-                await relay.publish_pending()
-            if bus is None:
-                await event_bus.close()
-            else:  # a shared bus goes on without this service
-                await event_bus.unsubscribe(consumers.QUEUE)
-            await bundles.close()
-            await access.close()
-            await engine.dispose()
+        runtime.worker("outbox-relay", relay.run, needs=[DATABASE])
+        runtime.worker("build-runner", runner.run, needs=[DATABASE])
+        return BuilderState(
+            settings=settings,
+            database=database,
+            access=access,
+            build_logs=logs,
+            supervisor=supervisor,
+        )
 
     app = create_service_app(
         service="builder",
         version=VERSION,
         description="Builds code bundles into environments and runs their replicas.",
-        lifespan=lifespan,
+        lifespan=service_lifespan("builder", declare),
         max_request_bytes=settings.max_request_bytes,
         token_check=registry_token_check,
     )

@@ -46,6 +46,15 @@ class BuilderSettings(ServiceSettings):
         description='base images by Python version, or "3.11-cuda12.4" for a CUDA build; '
         "python:X.Y-slim when a CPU version is not listed",
     )
+    docker_image_repository: str = Field(
+        default="modelcloud",
+        max_length=200,
+        # Docker's reference grammar: an optional registry host[:port], then lowercase path
+        # components joined by "/" (what `docker tag` accepts before the version id).
+        pattern=r"^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$",
+        description="images are tagged <repository>/<version id>:<build>; a registry "
+        "namespace (registry.example.com/modelcloud) for a cluster that pulls them",
+    )
     step_timeout_s: float = Field(default=1800, gt=0, description="the longest a build step runs")
     replica_host: str = Field(
         default="127.0.0.1",

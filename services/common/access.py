@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 from fastapi import Request
@@ -69,7 +70,9 @@ class RegistryAccess:
         async def lookup() -> Access:
             headers = {"Authorization": authorization}
             me = await self._get("/v1/me", headers)
-            found = await self._get(f"/v1/projects/{project}", headers)
+            # Quoted: a name with a control character in it is no URL, and the registry
+            # says whether it names a project (422 or 404: it does not).
+            found = await self._get(f"/v1/projects/{quote(project, safe='')}", headers)
             return Access(user=str(me["name"]), role=str(found.get("role") or "read"))
 
         return await self._cached((_digest(authorization), project), lookup)
@@ -110,6 +113,10 @@ class RegistryAccess:
             raise Unauthorized(response.json().get("detail") or "the token is not valid")
         if response.status_code == 404:
             raise NotFound(response.json().get("detail") or "not found")
+        if response.status_code == 422:
+            # The registry refused the name itself (control characters, too long): no
+            # project can have it, which is what the caller is told.
+            raise NotFound("no project by that name")
         if response.status_code != 200:
             raise ServiceUnavailable(f"the registry answered HTTP {response.status_code}")
         body: dict[str, object] = response.json()

@@ -1,11 +1,18 @@
 """Request body limits, per route, enforced while the body arrives and after the token.
 
-Three rules, in this order, each applied before the bytes it guards are read:
+First, headers: more than :data:`MAX_HEADER_BYTES` of them is answered 431 before anything
+else looks at them (the HTTP server takes up to 64 KB and more, and each service would
+otherwise parse, log and forward them all).
 
-1. **No token, no body.** Every route that takes a body needs a token, so a request with
-   a body and no ``Authorization`` header is answered 401 at once, unread. (FastAPI reads
-   and parses a JSON body before the dependency that checks the token runs: an anonymous
-   200 MiB JSON body used to cost 600 MiB of memory before its 401.)
+Then three rules, in this order, each applied before the bytes it guards are read:
+
+1. **No token, no body, no validation.** Every route that takes a body needs a token, so a
+   request with a body and no token is answered 401 at once, unread. (FastAPI reads and
+   parses a JSON body before the dependency that checks the token runs: an anonymous
+   200 MiB JSON body used to cost 600 MiB of memory before its 401.) So is a request with
+   no token to any ``/v1/`` route but the few public ones (:data:`PUBLIC_API`), before
+   routing: FastAPI validates the path, query and body before the token, and a caller
+   with no token was told which of its parameters were wrong (422) instead of 401.
 2. **Each route its limit.** A body is capped at the service's default (1 MiB for JSON
    APIs) unless its route is given a larger limit (uploads). A declared ``Content-Length``
    over the limit is answered 413 before a byte is read; a chunked body is counted as it
@@ -21,6 +28,7 @@ while these limits come from the settings ``create_app`` is given; and its 413 i
 text, where every answer here is problem+json.
 """
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -31,6 +39,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.problems import (
+    HeadersTooLarge,
     PayloadTooLarge,
     ServiceProblem,
     Unauthorized,
@@ -39,6 +48,8 @@ from services.common.problems import (
 
 __all__ = [
     "DEFAULT_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "PUBLIC_API",
     "BodyLimit",
     "BodyLimits",
     "Endpoint",
@@ -47,6 +58,11 @@ __all__ = [
 ]
 
 DEFAULT_BODY_BYTES = 1 << 20
+# Names and values together: a token is under 100 bytes, a browser's headers a few KB.
+MAX_HEADER_BYTES = 16 << 10
+# The /v1/ routes that answer without a token: the runs page and its assets (they carry no
+# data; the page sends the token it reads from the URL fragment) and the transfer limits.
+PUBLIC_API = re.compile(r"/v1/transfers|/v1/projects/[^/]+/runs/(?:dashboard|assets/[^/]+)")
 # Raises a problem (401, 503, ...) unless the request's token is valid.
 TokenCheck = Callable[[HTTPConnection], Awaitable[None]]
 Endpoint = Callable[..., Any]
@@ -84,8 +100,12 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            too_large = HeadersTooLarge(f"the headers are over {MAX_HEADER_BYTES} bytes")
+            await problem_response(too_large, scope["path"])(scope, receive, send)
+            return
         guard = _Guard(self.limits, scope, receive)
-        if guard.has_body and guard.anonymous:
+        if guard.anonymous and (guard.has_body or _needs_token(scope["path"])):
             await problem_response(_anonymous(), scope["path"])(scope, receive, send)
             return
         answered = False  # the refusal, in place of what the app answered
@@ -120,6 +140,10 @@ class BodyLimit:
             await problem_response(guard.refusal, scope["path"])(scope, receive, send)
 
 
+def _needs_token(path: str) -> bool:
+    return path.startswith("/v1/") and PUBLIC_API.fullmatch(path) is None
+
+
 def _anonymous() -> Unauthorized:
     return Unauthorized("send an API token: Authorization: Bearer <token>")
 
@@ -136,7 +160,9 @@ class _Guard:
         self.limit: int | None = None  # the route's, looked up once a body needs it
         self.token_checked = False
         headers = dict(scope["headers"])
-        self.anonymous = not headers.get(b"authorization", b"").strip()
+        # "Bearer" with nothing after it is no token either.
+        credentials = headers.get(b"authorization", b"").strip().split(None, 1)
+        self.anonymous = len(credentials) < 2 or not credentials[1].strip()
         declared = headers.get(b"content-length")
         self.declared = int(declared) if declared is not None and declared.isdigit() else None
         self.has_body = bool(self.declared) or b"transfer-encoding" in headers

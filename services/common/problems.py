@@ -10,22 +10,25 @@ Exception tree (each class carries its HTTP status)::
     ├── MethodNotAllowed    405
     ├── Conflict            409  a name taken, a lifecycle step out of order
     ├── PayloadTooLarge     413
+    ├── HeadersTooLarge     431  more header bytes than any client of ours sends
     ├── InvalidInput        422  names each field
     ├── BadGateway          502  an upstream (a model replica) answered wrongly or vanished
     ├── ServiceUnavailable  503
     └── GatewayTimeout      504  an upstream took longer than allowed
 
-FastAPI's own validation errors become ``InvalidInput`` with the offending fields; anything
+FastAPI's own validation errors, and pydantic's from a model a route builds from the caller's
+data, become ``InvalidInput`` with the offending fields; anything
 unexpected becomes a bare 500 problem, logged with its traceback but never shown.
 """
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX, FieldError, Problem
@@ -86,6 +89,10 @@ class PayloadTooLarge(ServiceProblem):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class HeadersTooLarge(ServiceProblem):
+    status, slug, title = 431, "headers-too-large", "Request headers too large"
+
+
 class InvalidInput(ServiceProblem):
     status, slug, title = 422, "invalid-input", "Invalid input"
 
@@ -114,6 +121,41 @@ class ServiceUnavailable(ServiceProblem):
 
 class GatewayTimeout(ServiceProblem):
     status, slug, title = 504, "gateway-timeout", "Gateway timeout"
+
+
+def problem_schema() -> dict[str, Any]:
+    """The JSON schema of a problem document with its parts written out in place: an
+    OpenAPI document keeps schemas under ``components``, so pydantic's ``#/$defs/...``
+    references would point at nothing once this sits inside a response."""
+    schema = Problem.model_json_schema()
+    parts: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(parts[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
+
+def problem_responses(statuses: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for problem answers: status -> when it is given."""
+    schema = problem_schema()
+    return {
+        status: {"description": text, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+        for status, text in statuses.items()
+    }
+
+
+def conflict(when: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route that answers 409 ``when``."""
+    return problem_responses({409: when})
 
 
 def problem_response(
@@ -151,6 +193,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = exc.errors() if isinstance(exc, RequestValidationError) else []
         return problem_response(InvalidInput(errors=field_errors(errors)), request.url.path)
 
+    async def on_model_validation(request: Request, exc: Exception) -> Response:
+        # A model built by hand from the caller's data (a batch, a patch merged into what
+        # is stored) refuses it: the caller's input, not a fault here.
+        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        return problem_response(InvalidInput(errors=field_errors(errors)), request.url.path)
+
     async def on_http(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = str(getattr(exc, "detail", "")) or None
@@ -173,5 +221,6 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(ServiceProblem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_model_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)

@@ -2,6 +2,7 @@
 bound to the logs, request body limits (``services/common/body_limits.py``), Prometheus
 metrics, ``/healthz`` and ``/readyz``."""
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -19,31 +20,32 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelcloud_proto.problem import PROBLEM_MEDIA_TYPE, Problem
 from services.common.body_limits import BodyLimit, BodyLimits, Endpoint, TokenCheck
 from services.common.docs import docs_router
 from services.common.heap import settle_after_startup
-from services.common.problems import install_problem_handlers
+from services.common.problems import install_problem_handlers, problem_responses
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+# How long /readyz waits for one check (Kubernetes' probe gives up after 1 s by default, set
+# it higher than this).
+READINESS_TIMEOUT_S = 2.0
 OPENAPI_URL = "/openapi.json"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", OPENAPI_URL, "/docs"})
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": text,
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": Problem.model_json_schema()}},
-    }
-    for status, text in {
+# What any route may answer; a route adds its own (409, 503, ...) with problem_responses().
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(
+    {
+        400: "A body that cannot be read (not JSON, not a form, an unreadable upload)",
         401: "Missing or invalid token",
+        403: "The token's role on the project does not allow this",
         404: "Not found (or not yours)",
+        413: "A body over the route's limit",
+        431: "Request headers over 16 KB",
         422: "Invalid input; `errors` names each field",
-    }.items()
-}
+    }
+)
 
 
 def create_service_app(
@@ -92,18 +94,9 @@ def create_service_app(
 
 
 def add_readiness_check(app: FastAPI, name: str, check: ReadinessCheck) -> None:
-    """``/readyz`` answers 503 naming ``name`` while ``check`` raises."""
+    """``/readyz`` answers 503 naming ``name`` while ``check`` raises (the service runtime
+    adds one per part, ``services/common/runtime``)."""
     app.state.readiness_checks[name] = check
-
-
-def add_database_check(app: FastAPI, engine: AsyncEngine) -> None:
-    """``/readyz`` answers 503 naming ``database`` while the database cannot be reached."""
-
-    async def database_ready() -> None:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-
-    add_readiness_check(app, "database", database_ready)
 
 
 def _observability_router(registry: CollectorRegistry) -> APIRouter:
@@ -115,12 +108,18 @@ def _observability_router(registry: CollectorRegistry) -> APIRouter:
 
     @router.get("/readyz")
     async def readyz(request: Request) -> Response:
-        failing = {}
-        for name, check in request.app.state.readiness_checks.items():
-            try:
-                await check()
-            except Exception as exc:
-                failing[name] = f"{type(exc).__name__}: {exc}"[:300]
+        checks: dict[str, ReadinessCheck] = dict(request.app.state.readiness_checks)
+        # All at once, each bounded: a broker that does not answer must not hold the probe
+        # past its own timeout, nor hide what else is failing.
+        results = await asyncio.gather(
+            *(asyncio.wait_for(check(), READINESS_TIMEOUT_S) for check in checks.values()),
+            return_exceptions=True,
+        )
+        failing = {
+            name: _failure(result)
+            for name, result in zip(checks, results, strict=True)
+            if isinstance(result, Exception)
+        }
         if failing:
             return JSONResponse({"status": "unready", "failing": failing}, status_code=503)
         return JSONResponse({"status": "ready"})
@@ -130,6 +129,12 @@ def _observability_router(registry: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {READINESS_TIMEOUT_S:g}s"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class RequestContext:

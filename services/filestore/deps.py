@@ -3,16 +3,20 @@
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.common.access import access_to
+from services.common.runtime import state_of
+from services.filestore.state import FilestoreState
 
-__all__ = ["SessionDep", "access_to"]
+__all__ = ["SessionDep", "StateDep", "access_to"]
+
+StateDep = Annotated[FilestoreState, Depends(state_of(FilestoreState))]
 
 
-async def session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessions() as value:
+async def session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.database.session() as value:
         yield value
 
 

@@ -1,7 +1,9 @@
-"""The file store app: ``create_app(settings)`` builds everything on start, nothing at import."""
+"""The file store app: ``create_app(settings)`` builds everything on start, nothing at import.
 
-import contextlib
-from collections.abc import AsyncIterator
+Its parts (``services/common/runtime``): the database and its migrations, the blob store
+(checked reachable), the registry client; stopped in reverse order."""
+
+from functools import partial
 from pathlib import Path
 
 import anyio.to_thread
@@ -10,10 +12,11 @@ from fastapi import FastAPI
 
 from services.common.access import RegistryAccess
 from services.common.body_limits import registry_token_check
-from services.common.database import create_engine, session_factory
 from services.common.logging import configure_logging
-from services.common.migrations import upgrade
-from services.common.web import add_database_check, add_readiness_check, create_service_app
+from services.common.runtime import DATABASE, ServiceRuntime, service_lifespan
+from services.common.web import create_service_app
+from services.filestore.blobs.cleanup import clean_abandoned_uploads
+from services.filestore.blobs.collector import BlobCollector, collect_every
 from services.filestore.blobs.local import LocalBlobs
 from services.filestore.blobs.s3 import S3Blobs
 from services.filestore.blobs.store import BlobStore
@@ -21,6 +24,7 @@ from services.filestore.files.router import link, upload
 from services.filestore.files.router import router as files_router
 from services.filestore.memory import return_large_buffers
 from services.filestore.settings import FilestoreSettings
+from services.filestore.state import FilestoreState
 from services.filestore.transfers.router import complete_upload, download_links, store_pack
 from services.filestore.transfers.router import router as transfers_router
 
@@ -39,36 +43,50 @@ def create_app(
     all-in-one platform) instead of ``settings.registry_url`` over the network."""
     settings = settings or FilestoreSettings()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    def declare(runtime: ServiceRuntime) -> FilestoreState:
         configure_logging("filestore", settings.log_format, settings.log_level)
         return_large_buffers()
         (settings.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.sqlalchemy_url())
-        await upgrade(engine, MIGRATIONS)
+        database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
         blobs = _blobs_for(settings)
-        await anyio.to_thread.run_sync(blobs.ready)
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=registry_transport
         )
-        app.state.settings = settings
-        app.state.sessions = session_factory(engine)
-        app.state.blobs = blobs
+        # The access checker is also read by the shared token and project checks.
         app.state.access = access
+        runtime.closing("registry-access", access.close)
 
-        add_database_check(app, engine)
-        add_readiness_check(app, "blobs", lambda: anyio.to_thread.run_sync(blobs.ready))
-        try:
-            yield
-        finally:
-            await access.close()
-            await engine.dispose()
+        async def blobs_ready() -> None:
+            await anyio.to_thread.run_sync(blobs.ready)
+
+        # Retried like the database: a bucket that is away at start is waited for.
+        runtime.step("blobs", blobs_ready, retry=True, live=blobs_ready)
+        # What uploads cut short by a crash left behind (older than the longest upload).
+        runtime.step(
+            "abandoned-uploads",
+            partial(clean_abandoned_uploads, settings=settings, blobs=blobs),
+            needs=["blobs"],
+            retry=True,
+        )
+        if settings.gc_interval_s > 0:
+            collector = BlobCollector(
+                sessions=database.sessions,
+                blobs=blobs,
+                grace_s=settings.gc_grace_s,
+                metrics=app.state.metrics_registry,
+            )
+            runtime.worker(
+                "blob-collector",
+                partial(collect_every, collector, settings.gc_interval_s),
+                needs=[DATABASE, "blobs"],
+            )
+        return FilestoreState(settings=settings, database=database, blobs=blobs, access=access)
 
     app = create_service_app(
         service="filestore",
         version=VERSION,
         description="Model files by project, model and version, stored by content.",
-        lifespan=lifespan,
+        lifespan=service_lifespan("filestore", declare),
         max_request_bytes=settings.max_request_bytes,
         route_body_bytes={
             upload: settings.max_file_bytes,  # streamed to the blob store as it arrives

@@ -44,3 +44,20 @@ class FilestoreSettings(ServiceSettings):
     )
     auth_cache_s: float = Field(default=5.0, ge=0, description="how long a token check is reused")
     max_file_bytes: int = Field(default=1 << 40, ge=1)
+    upload_max_age_s: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="the longest an upload may take: one still going on after this is "
+        "refused when it ends (410), so its temporary files and unfinished multipart uploads "
+        "older than this are abandoned and removed at start (several replicas may share one "
+        "folder, so an age, not the process, says what is abandoned)",
+    )
+    gc_interval_s: float = Field(
+        default=3600, ge=0, description="how often unreferenced blobs are collected; 0: never"
+    )
+    gc_grace_s: float = Field(
+        default=3600,
+        ge=0,
+        description="a blob is collected only once it is this old and was found unreferenced "
+        "this long ago: the file row of an upload in flight is committed after its blob",
+    )

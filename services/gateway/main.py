@@ -1,12 +1,11 @@
 """The gateway app: ``create_app(settings)`` builds everything on start, nothing at import.
 
-Start-up: logging, the pooled HTTP clients (one for model replicas, one per platform
-service), the routing table filled from the registry, then the events that keep it current.
+Its parts (``services/common/runtime``): the pooled HTTP clients (one for model replicas,
+one per platform service), the event bus and the events that keep the routing table current,
+the table filled from the registry, the probe of ejected replicas.
 """
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 import httpx
@@ -18,6 +17,7 @@ from services.common.access import RegistryAccess
 from services.common.events.bus import EventBus
 from services.common.events.choice import bus_for
 from services.common.logging import configure_logging
+from services.common.runtime import ServiceRuntime, service_lifespan
 from services.common.web import OPENAPI_URL, create_service_app
 from services.gateway import probes, tables
 from services.gateway.calls import CallMetrics
@@ -27,6 +27,7 @@ from services.gateway.hosts import HostCheck
 from services.gateway.openapi import PlatformDocument
 from services.gateway.routing import RoutingTable
 from services.gateway.settings import GatewaySettings
+from services.gateway.state import GatewayState, gateway_state
 
 VERSION = "0.1.0"
 # The front door streams uploads (model files, code bundles) of any size to the services,
@@ -45,8 +46,7 @@ def create_app(
     settings = settings or GatewaySettings()
     reach = dict(transports or {})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    def declare(runtime: ServiceRuntime) -> GatewayState:
         configure_logging("gateway", settings.log_format, settings.log_level)
         urls = {
             "registry": settings.registry_url,
@@ -61,6 +61,8 @@ def create_app(
             )
             for name, url in urls.items()
         }
+        for name, client in upstreams.items():
+            runtime.closing(f"{name}-client", client.aclose)
         # Model calls take aiohttp: its pool and parser cost a fraction of httpx's per call
         # (bench/gateway.py), and a model call is the gateway's hot path. Bodies pass as
         # they are: no decompression, no headers of its own beyond those HTTP requires.
@@ -71,6 +73,7 @@ def create_app(
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        runtime.closing("replica-client", replicas.close)
         replica_key = settings.replica_key
         table = RoutingTable(
             max_outstanding=settings.max_outstanding,
@@ -80,60 +83,57 @@ def create_app(
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=reach.get("registry")
         )
+        # The access checker is also read by the shared project check.
+        app.state.access = access
+        runtime.closing("registry-access", access.close)
         event_bus = bus or bus_for(settings)
-        await event_bus.start()
+        runtime.event_bus(event_bus, shared=bus is not None)
 
         async def handle(envelope: Envelope) -> None:
             tables.apply(table, envelope)
 
         # Subscribe first, then read the registry: an event in between is applied twice at
         # worst, which changes nothing.
-        await event_bus.subscribe(tables.QUEUE, tables.PATTERNS, handle)
-        if settings.registry_token is not None:
-            token = settings.registry_token.get_secret_value()
-            async with httpx.AsyncClient(
-                base_url=settings.registry_url,
-                transport=reach.get("registry"),
-                headers={"Authorization": f"Bearer {token}"},
-            ) as registry:
-                await tables.load_from_registry(table, registry)
-        app.state.settings = settings
-        app.state.routes = table
-        app.state.access = access
-        app.state.upstreams = upstreams
-        app.state.platform_document = PlatformDocument(upstreams)
-        app.state.replicas = replicas
-        app.state.call_metrics = CallMetrics(app.state.metrics_registry)
-        prober = asyncio.create_task(
-            probes.probe_ejected(table, replicas, settings.probe_interval_s)
+        consumer = runtime.subscription(tables.QUEUE, tables.PATTERNS, handle)
+        registry_token = settings.registry_token
+        if registry_token is not None:
+
+            async def load_routes() -> None:
+                async with httpx.AsyncClient(
+                    base_url=settings.registry_url,
+                    transport=reach.get("registry"),
+                    headers={"Authorization": f"Bearer {registry_token.get_secret_value()}"},
+                ) as registry:
+                    await tables.load_from_registry(table, registry)
+
+            # Retried while the registry is away: /readyz names it until the table is filled.
+            runtime.step("routing-table", load_routes, needs=[consumer.name], retry=True)
+        runtime.worker(
+            "replica-probe",
+            lambda: probes.probe_ejected(table, replicas, settings.probe_interval_s),
         )
-        try:
-            yield
-        finally:
-            prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
-            if bus is None:
-                await event_bus.close()
-            else:
-                await event_bus.unsubscribe(tables.QUEUE)
-            await replicas.close()
-            for client in upstreams.values():
-                await client.aclose()
-            await access.close()
+        return GatewayState(
+            settings=settings,
+            routes=table,
+            access=access,
+            upstreams=upstreams,
+            platform_document=PlatformDocument(upstreams),
+            replicas=replicas,
+            call_metrics=CallMetrics(app.state.metrics_registry),
+        )
 
     app = create_service_app(
         service="gateway",
         version=VERSION,
         description="The platform's front door and the versioned URLs of published models.",
-        lifespan=lifespan,
+        lifespan=service_lifespan("gateway", declare),
         max_request_bytes=_STREAMED_LIMIT,
         serve_openapi=False,  # the platform's document, below, with the gateway's own in it
     )
 
     @app.get(OPENAPI_URL, include_in_schema=False)
     async def platform_openapi(request: Request) -> JSONResponse:
-        document: PlatformDocument = request.app.state.platform_document
+        document = gateway_state(request).platform_document
         return JSONResponse(await document.get(app.openapi()))
 
     app.router.routes.extend(call_routes)

@@ -17,7 +17,27 @@ from typing import Any
 
 import httpx
 
+from services.common.problems import problem_responses
+
 CACHE_S = 30.0
+# What a model call may answer besides the model's own outputs.
+_CALL_PROBLEMS = problem_responses(
+    {
+        400: "A body that is not JSON",
+        401: "A private model called with no token, or an invalid one",
+        403: "The token may not call this model",
+        404: "No such version online, or it declares no such command",
+        413: "A body over the gateway's limit",
+        422: "The model refused its inputs",
+        502: "The model answered wrongly or vanished",
+        503: "Every replica is busy (Retry-After) or none is ready",
+        504: "The model took longer than the service's timeout",
+    }
+)
+_CALL_RESPONSES = {
+    "200": {"description": "The command's outputs", "content": {"application/json": {}}},
+    **{str(status): answer for status, answer in _CALL_PROBLEMS.items()},
+}
 _REF = '"#/components/schemas/{}"'
 MODEL_CALLS: dict[str, Any] = {
     "/models/{project}/{service}/v{api_version}/{command}": {
@@ -39,7 +59,7 @@ MODEL_CALLS: dict[str, Any] = {
                 )
             ],
             "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-            "responses": {"200": {"description": "The command's outputs"}},
+            "responses": _CALL_RESPONSES,
         }
     },
     "/models/{project}/{service}/{command}": {
@@ -51,7 +71,7 @@ MODEL_CALLS: dict[str, Any] = {
                 for n in ("project", "service", "command")
             ],
             "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-            "responses": {"200": {"description": "The command's outputs"}},
+            "responses": _CALL_RESPONSES,
         }
     },
 }
@@ -85,9 +105,33 @@ def merge(own: dict[str, Any], parts: Mapping[str, dict[str, Any] | None]) -> di
         known = {t["name"] for t in tags}
         tags.extend(t for t in renamed.get("tags", []) if t["name"] not in known)
     paths.update(MODEL_CALLS)
+    _lift_defs(doc, schemas)
     if unavailable:
         doc["x-modelcloud-unavailable"] = unavailable
     return doc
+
+
+def _lift_defs(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Moves every ``$defs`` a schema carries (pydantic's, where a model's schema was put in
+    a document by hand) into ``components/schemas`` and points its ``#/$defs/X``
+    references there: in an OpenAPI document they are read from the document's root, where
+    nothing answers them. A name taken by a different schema keeps the one there (the same
+    model under the same name, in practice)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            for key, schema in node.pop("$defs", {}).items():
+                schemas.setdefault(key, walk(schema))
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                node["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+            for key, value in list(node.items()):  # lifting may add to a dict walked
+                node[key] = walk(value)
+        elif isinstance(node, list):
+            node[:] = [walk(item) for item in node]
+        return node
+
+    walk(doc)
 
 
 class PlatformDocument:

@@ -1,9 +1,10 @@
 """The routing table: which replicas serve each published API version, and which replica
 takes the next call.
 
-Fed by ``registry.version.online`` / ``.offline`` and ``builder.replica.restarted``, and
-filled from the registry at start, so a restarted gateway routes at once. Applying an event
-twice changes nothing, so the table needs no processed-event bookkeeping.
+Fed by ``registry.version.online`` / ``.offline``, ``registry.service.visibility_changed``
+and ``builder.replica.restarted``, and filled from the registry at start, so a restarted
+gateway routes at once. Applying an event twice changes nothing, so the table needs no
+processed-event bookkeeping.
 
 Choice of replica: the service's declared device picks the pool (``gpu`` -> gpu replicas,
 ``cpu`` -> cpu replicas, ``any`` -> gpu replicas first, cpu ones when there are none or all
@@ -100,6 +101,12 @@ class RoutingTable:
             for api_version, route in list(versions.items()):
                 if route.version_id == version_id:
                     del versions[api_version]
+
+    def set_public(self, project: str, service: str, public: bool) -> None:
+        """Every routed version of the service: public (any valid token calls it) or
+        private (the project's readers only), from the next call on."""
+        for route in self._routes.get((project, service), {}).values():
+            route.public = public
 
     def replica_restarted(
         self, version_id: UUID, replica: Replica, previous_address: str | None = None

@@ -8,9 +8,11 @@ from uuid import UUID
 import httpx
 
 from modelcloud_proto.events import (
+    CONSUMER_QUEUES,
     Envelope,
     Replica,
     ReplicaRestarted,
+    ServiceVisibilityChanged,
     VersionOffline,
     VersionOnline,
 )
@@ -19,8 +21,11 @@ from services.gateway.routing import Route, RoutingTable
 
 log = logging.getLogger(__name__)
 
+# One durable queue that every bus declares at start (modelcloud_proto.events), so the
+# gateway also gets what was published while it was down. It applies that backlog (in order)
+# while it reads the registry: both converge, and applying an event twice changes nothing.
 QUEUE = "gateway"
-PATTERNS = ("registry.version.online", "registry.version.offline", "builder.replica.restarted")
+PATTERNS = CONSUMER_QUEUES[QUEUE]
 
 
 async def load_from_registry(table: RoutingTable, registry: httpx.AsyncClient) -> int:
@@ -91,6 +96,14 @@ def apply(table: RoutingTable, envelope: Envelope) -> None:
         case VersionOffline():
             table.offline(event.version_id)
             log.info("stopped routing %s/%s %s", event.project, event.service, event.version)
+        case ServiceVisibilityChanged():
+            table.set_public(event.project, event.service, event.public)
+            log.info(
+                "%s/%s is %s",
+                event.project,
+                event.service,
+                "public" if event.public else "private",
+            )
         case ReplicaRestarted():
             table.replica_restarted(event.version_id, event.replica, event.previous_address)
         case _:

@@ -2,9 +2,7 @@
 import."""
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,16 +10,16 @@ from fastapi import FastAPI
 
 from services.common.access import RegistryAccess
 from services.common.body_limits import DEFAULT_BODY_BYTES, registry_token_check
-from services.common.database import create_engine, session_factory
 from services.common.logging import configure_logging
-from services.common.migrations import upgrade
-from services.common.web import add_database_check, create_service_app
+from services.common.runtime import DATABASE, ServiceRuntime, service_lifespan
+from services.common.web import create_service_app
 from services.metrics.page.router import router as page_router
 from services.metrics.runs import service
 from services.metrics.runs.live import LiveHub
 from services.metrics.runs.router import create_run, log_metrics, log_params
 from services.metrics.runs.router import router as runs_router
 from services.metrics.settings import MetricsSettings
+from services.metrics.state import MetricsState
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION = "0.1.0"
@@ -39,50 +37,37 @@ def create_app(
     all-in-one platform) instead of ``settings.registry_url`` over the network."""
     settings = settings or MetricsSettings()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    def declare(runtime: ServiceRuntime) -> MetricsState:
         configure_logging("metrics", settings.log_format, settings.log_level)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.sqlalchemy_url())
-        await upgrade(engine, MIGRATIONS)
-        sessions = session_factory(engine)
+        database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=registry_transport
         )
-        app.state.settings = settings
-        app.state.sessions = sessions
+        # The access checker is also read by the shared token and project checks.
         app.state.access = access
-        app.state.live = LiveHub()
-        add_database_check(app, engine)
+        runtime.closing("registry-access", access.close)
 
         async def watch_quiet_runs() -> None:
+            # A failing pass (the database away) crashes the worker: the runtime logs it,
+            # names it in /readyz and starts it again with backoff.
             while True:
                 await asyncio.sleep(min(60.0, settings.crashed_after_s / 4))
-                try:
-                    async with sessions() as session:
-                        crashed = await service.mark_quiet_runs_crashed(
-                            session, settings.crashed_after_s
-                        )
-                    if crashed:
-                        log.info("%d quiet runs marked crashed", crashed)
-                except Exception:
-                    log.exception("could not look for quiet runs")
+                async with database.sessions() as session:
+                    crashed = await service.mark_quiet_runs_crashed(
+                        session, settings.crashed_after_s
+                    )
+                if crashed:
+                    log.info("%d quiet runs marked crashed", crashed)
 
-        watcher = asyncio.create_task(watch_quiet_runs())
-        try:
-            yield
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await access.close()
-            await engine.dispose()
+        runtime.worker("quiet-runs", watch_quiet_runs, needs=[DATABASE])
+        return MetricsState(settings=settings, database=database, access=access, live=LiveHub())
 
     app = create_service_app(
         service="metrics",
         version=VERSION,
         description="Training runs: hyperparameters and metrics per step, compared live.",
-        lifespan=lifespan,
+        lifespan=service_lifespan("metrics", declare),
         max_request_bytes=DEFAULT_BODY_BYTES,
         route_body_bytes={
             create_run: _PARAMS_BODY_BYTES,

@@ -7,6 +7,7 @@ and the "processed" marker commit together; events it emits go through the same 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.events import (
+    CONSUMER_QUEUES,
     BuildFailed,
     BuildSucceeded,
     DeploymentFailed,
@@ -19,7 +20,7 @@ from services.registry.unit_of_work import UnitOfWork
 from services.registry.versions import service
 
 QUEUE = "registry"
-PATTERNS = ("builder.build.*", "builder.deployment.*", "builder.replica.*")
+PATTERNS = CONSUMER_QUEUES[QUEUE]  # declared by every bus at start, see modelcloud_proto.events
 
 
 async def apply(session: AsyncSession, event: Event, envelope: Envelope) -> None:

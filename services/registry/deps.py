@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the request's unit of work, the calling user, the settings."""
+"""FastAPI dependencies: the registry's state, the request's unit of work, the calling user,
+the settings."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -7,16 +8,19 @@ from fastapi import Depends, Header, Request
 from fastapi.routing import APIRoute
 
 from services.common.problems import Forbidden
+from services.common.runtime import state_of
 from services.registry.accounts.models import User
 from services.registry.accounts.service import authenticate
 from services.registry.accounts.service_roles import may_call
 from services.registry.settings import RegistrySettings
+from services.registry.state import RegistryState
 from services.registry.unit_of_work import UnitOfWork
 
+StateDep = Annotated[RegistryState, Depends(state_of(RegistryState))]
 
-async def unit_of_work(request: Request) -> AsyncIterator[UnitOfWork]:
-    state = request.app.state
-    async with state.sessions() as session:
+
+async def unit_of_work(request: Request, state: StateDep) -> AsyncIterator[UnitOfWork]:
+    async with state.database.session() as session:
         yield UnitOfWork(
             session=session,
             relay=state.relay,
@@ -49,9 +53,8 @@ async def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def settings(request: Request) -> RegistrySettings:
-    value: RegistrySettings = request.app.state.settings
-    return value
+def settings(state: StateDep) -> RegistrySettings:
+    return state.settings
 
 
 SettingsDep = Annotated[RegistrySettings, Depends(settings)]

@@ -6,99 +6,18 @@ the platform that brings back what was online."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.builder.tests.conftest import GREETER
+from modelcloud_testing.embedded import Embedded, greeter_folder
+from modelcloud_testing.polling import wait_until
 
 pytestmark = pytest.mark.timeout(600)
-CLI = str(Path(sys.executable).with_name("modelcloud"))
-
-
-def free_port_block() -> int:
-    import socket
-
-    for base in range(18_100, 19_000, 10):
-        try:
-            for port in range(base, base + 5):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no 5 free ports in a row")
-
-
-class Embedded:
-    def __init__(self, home: Path, port: int) -> None:
-        self.home = home
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("MODELCLOUD_", "REGISTRY_"))
-        } | {"HOME": str(home)}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def up(self) -> None:
-        self.process = subprocess.Popen(
-            [CLI, "up", "--data-dir", str(self.home / "platform"), "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(300):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"modelcloud up exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("modelcloud up did not start")
-
-    def down(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
-        assert self.process.wait(timeout=60) == 0
-
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [CLI, *args], env=self.env, capture_output=True, text=True, timeout=600, check=False
-        )
-        if ok:
-            assert done.returncode == 0, done.stderr
-        return done
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[Embedded]:
-    platform = Embedded(tmp_path, free_port_block())
-    platform.up()
-    try:
-        yield platform
-    finally:
-        if platform.process is not None and platform.process.poll() is None:
-            platform.down()
-
-
-def greeter_folder(root: Path, greeting: str) -> Path:
-    folder = root / f"greeter-{greeting}"
-    folder.mkdir()
-    (folder / "cloud_model.py").write_text(GREETER)
-    (folder / "greeting.txt").write_text(greeting)
-    (folder / "modelcloud.yml").write_text(
-        "service:\n  name: greeter\n  tagline: Says hello.\n  performance:\n    device: cpu\n"
-    )
-    return folder
 
 
 def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) -> None:
@@ -174,16 +93,20 @@ def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) 
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(1)
+        wait_until(lambda: len(outcomes) >= 10, what="calls before the restart")
         stopping = time.monotonic()
         embedded.down()
         embedded.up()
-        for _ in range(150):  # the replica of 2.0 is started again and answers its health check
-            if outcomes and outcomes[-1][1] == 200 and outcomes[-1][0] > stopping:
-                break
-            time.sleep(0.2)
+        # the replica of 2.0 is started again and answers its health check
+        wait_until(
+            lambda: outcomes[-1][1] == 200 and outcomes[-1][0] > stopping,
+            timeout=30,
+            what="a call answered after the restart",
+        )
         back = time.monotonic()
-        time.sleep(1)
+        wait_until(
+            lambda: len([at for at, _ in outcomes if at > back]) >= 10, what="calls once back"
+        )
     finally:
         stop.set()
         worker.join(timeout=60)
@@ -196,7 +119,7 @@ def test_up_deploy_call_offline_and_restart(embedded: Embedded, tmp_path: Path) 
 def test_sigkill_of_one_of_two_replicas_under_load(embedded: Embedded, tmp_path: Path) -> None:
     """Requests that had not reached the killed replica go to the other one; at most those in
     flight on it fail (fewer than the callers), and the builder brings it back."""
-    from services.builder.tests.test_deployments import pid_on_port
+    from modelcloud_testing.deployments import pid_on_port
 
     deployed = json.loads(
         embedded.cli(
@@ -245,10 +168,10 @@ def test_sigkill_of_one_of_two_replicas_under_load(embedded: Embedded, tmp_path:
     for worker in workers:
         worker.start()
     try:
-        time.sleep(1.5)
+        wait_until(lambda: len(outcomes) >= 50, what="calls before the kill")
         before = len(outcomes)
         os.kill(victim, signal.SIGKILL)
-        time.sleep(3)
+        wait_until(lambda: len(outcomes) - before > 100, timeout=30, what="calls after the kill")
     finally:
         stop.set()
         for worker in workers:

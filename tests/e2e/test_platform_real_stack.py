@@ -20,12 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.builder.tests.conftest import (  # noqa: F401 - a fixture used here
-    _remove_test_images,
-    docker_base_image,
-)
-from services.registry.tests.support import POSTGRES, RABBITMQ, postgres_databases
-from tests.e2e.test_platform_embedded import greeter_folder
+from modelcloud_testing.embedded import greeter_folder
+from modelcloud_testing.platforms import remove_test_images
+from modelcloud_testing.polling import wait_until
+from modelcloud_testing.servers import POSTGRES, RABBITMQ, postgres_databases
 
 pytestmark = [
     pytest.mark.postgres,
@@ -108,8 +106,11 @@ def admin_token(env: dict[str, str], name: str, role: str | None = None) -> str:
     ).stdout.strip()
 
 
+E2E_IMAGES = "modelcloud-e2e"
+
+
 @pytest.fixture
-def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # noqa: F811
+def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:
     names = {s: f"mc_e2e_{s}_{uuid.uuid4().hex[:8]}" for s in ("registry", "builder", "files")}
     asyncio.run(postgres_databases("create", list(names.values())))
     server = POSTGRES.split("://", 1)[1]
@@ -149,6 +150,9 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
                     "BUILDER_REGISTRY_URL": f"http://127.0.0.1:{ports['registry']}",
                     "BUILDER_REGISTRY_TOKEN": builder_token,
                     "BUILDER_BACKEND": "docker",
+                    # Its own repository: the Docker tests' clean-up (another test process)
+                    # removes modelcloud/*, never these.
+                    "BUILDER_DOCKER_IMAGE_REPOSITORY": E2E_IMAGES,
                     "BUILDER_DOCKER_BASE_IMAGES": json.dumps({"3.11": docker_base_image}),
                     "BUILDER_FIND_LINKS": json.dumps(os.environ.get("PIP_FIND_LINKS", "").split()),
                     "BUILDER_HEALTH_INTERVAL_S": "0.3",
@@ -184,7 +188,7 @@ def real_stack(tmp_path: Path, docker_base_image: str) -> Iterator[Stack]:  # no
         s3.terminate()
         s3.wait(timeout=30)
         asyncio.run(postgres_databases("drop", list(names.values())))
-        _remove_test_images()
+        remove_test_images(E2E_IMAGES)
 
 
 def test_deploy_versions_offline_and_gateway_restart_on_the_real_stack(
@@ -250,12 +254,12 @@ def test_deploy_versions_offline_and_gateway_restart_on_the_real_stack(
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(1)
+        wait_until(lambda: len(results) >= 10, what="calls before the restart")
         down = time.monotonic()
         stack.stop("gateway")
         stack.start("gateway")
         ready = time.monotonic()
-        time.sleep(2)
+        wait_until(lambda: len([at for at, _ in results if at > ready]) >= 20, what="calls after")
     finally:
         stop.set()
         worker.join(timeout=60)

@@ -439,8 +439,11 @@ async def _builds_with_logs(app: FastAPI) -> None:
     """Two failed builds: one with a 100 MiB log, one whose step printed ``FORGED``."""
     from modelcloud_proto.specs import Device
     from services.builder.builds.models import Build, BuildState
+    from services.builder.state import BuilderState
+    from services.common.runtime import service_state
 
-    async with app.state.sessions() as session:
+    state = service_state(app, BuilderState)
+    async with state.database.sessions() as session:
         for build_id in (LONG_BUILD, FORGING_BUILD):
             session.add(
                 Build(
@@ -457,7 +460,7 @@ async def _builds_with_logs(app: FastAPI) -> None:
                 )
             )
         await session.commit()
-    logs = app.state.build_logs
+    logs = state.build_logs
     logs.folder.mkdir(parents=True, exist_ok=True)
     with logs.path(LONG_BUILD).open("wb") as out:
         for _ in range(LOG_LINES // 1024):
@@ -468,7 +471,9 @@ async def _builds_with_logs(app: FastAPI) -> None:
 def _a_model_online(app: FastAPI) -> None:
     from modelcloud_proto.events import Replica
     from modelcloud_proto.specs import Device
+    from services.common.runtime import service_state
     from services.gateway.routing import Route
+    from services.gateway.state import GatewayState
 
     route = Route(
         project=PROJECT,
@@ -481,7 +486,9 @@ def _a_model_online(app: FastAPI) -> None:
         commands=frozenset({"predict"}),
     )
     # Never reached: the call is refused before it is forwarded.
-    app.state.routes.online(route, [Replica(address="127.0.0.1:9", pool=Device("cpu"))])
+    service_state(app, GatewayState).routes.online(
+        route, [Replica(address="127.0.0.1:9", pool=Device("cpu"))]
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelcloud_testing.embedded import free_port_block
+from modelcloud_testing.registries import make_service, running_registry, upload_version
 from services.builder.bundles import BundleSource
 from services.common.events.local import LocalBus
 from services.embedded import Platform, run
@@ -24,8 +26,6 @@ from services.gateway.routing import RoutingTable
 from services.gateway.tables import load_from_registry
 from services.registry.admin import create_admin_user
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import make_service, running_registry, upload_version
-from tests.e2e.test_platform_embedded import free_port_block
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN_FILES = ["admin.token", "builder.token", "gateway.token"]

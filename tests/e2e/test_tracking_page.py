@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.test_platform_embedded import Embedded, embedded  # noqa: F401 - a fixture
-from tests.e2e.test_tracking_platform import EXAMPLE, tracking_env  # noqa: F401 - a fixture
+from modelcloud_testing.embedded import Embedded
+from modelcloud_testing.tracking import DIGITS_TRAINING
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +37,7 @@ def points_shown(page: object, metric: str) -> int:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
-def test_the_page_follows_two_runs_live(tracking_env: Embedded, tmp_path: Path) -> None:  # noqa: F811
+def test_the_page_follows_two_runs_live(tracking_env: Embedded, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     token = Path(tmp_path / "platform" / "admin.token").read_text().strip()
@@ -45,7 +45,7 @@ def test_the_page_follows_two_runs_live(tracking_env: Embedded, tmp_path: Path) 
         subprocess.Popen(
             [
                 sys.executable,
-                str(EXAMPLE),
+                str(DIGITS_TRAINING),
                 "--name",
                 name,
                 "--alpha",

@@ -12,38 +12,15 @@ import httpx
 import pytest
 
 import modelcloud
-from tests.e2e.test_platform_embedded import Embedded, embedded  # noqa: F401 - a fixture
+from modelcloud_testing.embedded import Embedded
+from modelcloud_testing.tracking import DIGITS_TRAINING
 
 pytestmark = pytest.mark.timeout(300)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits-training" / "train.py"
-
-
-@pytest.fixture
-def tracking_env(
-    embedded: Embedded,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Embedded:
-    monkeypatch.delenv("MODELCLOUD_TRACKING", raising=False)
-    for name in ("MODELCLOUD_URL", "MODELCLOUD_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MODELCLOUD_CONFIG", str(tmp_path / ".modelcloud" / "config.json"))
-    monkeypatch.setenv("MODELCLOUD_TRACKING_SPOOL", str(tmp_path / "spool"))
-    monkeypatch.setenv("MODELCLOUD_TRACKING_DB", str(tmp_path / "never-used.db"))
-    config = json.loads((tmp_path / ".modelcloud" / "config.json").read_text())
-    token = Path(config["token_file"]).read_text().strip()
-    created = httpx.post(
-        f"{config['url']}/v1/projects",
-        json={"name": "digits"},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert created.status_code == 201, created.text
-    return embedded
 
 
 def test_a_training_script_logs_through_the_gateway(tracking_env: Embedded, tmp_path: Path) -> None:
     trained = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--name", "sgd", "--epochs", "8"],
+        [sys.executable, str(DIGITS_TRAINING), "--name", "sgd", "--epochs", "8"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -60,7 +37,16 @@ def test_a_training_script_logs_through_the_gateway(tracking_env: Embedded, tmp_
     assert run.metrics["acc"][-1][1] > 0.85
     assert not list((tmp_path / "spool").glob("*.json"))  # nothing was left waiting
     other = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--name", "other", "--alpha", "0.01", "--epochs", "8"],
+        [
+            sys.executable,
+            str(DIGITS_TRAINING),
+            "--name",
+            "other",
+            "--alpha",
+            "0.01",
+            "--epochs",
+            "8",
+        ],
         capture_output=True,
         timeout=120,
         check=True,

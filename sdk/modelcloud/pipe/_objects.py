@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from modelcloud.pipe._retries import TransferCut, retryable_status
 from modelcloud.pipe.errors import PipeError
 
 
@@ -44,15 +45,14 @@ class ObjectReader:
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 if attempt == 2:
-                    raise PipeError(f"cannot pull {name}: {exc}", name) from exc
+                    raise TransferCut(f"cannot pull {name}: {exc}", name) from exc
                 continue
             break
         try:
             if response.status not in (200, 206):
                 detail = response.read(300).decode("utf-8", "replace")
-                raise PipeError(
-                    f"{name}: the object store answered {response.status}: {detail}", name
-                )
+                failed = TransferCut if retryable_status(response.status) else PipeError
+                raise failed(f"{name}: the object store answered {response.status}: {detail}", name)
             yield Body(response, name)
             response.read()  # the rest, if any: the connection can be used again
         except BaseException:
@@ -89,10 +89,15 @@ class Body:
     def __init__(self, response: http.client.HTTPResponse, name: str) -> None:
         self._response = response
         self._name = name
+        self.status = response.status  # 200: a range asked for was ignored, the whole came
 
     def chunks(self, size: int) -> Iterator[bytes]:
         try:
             while chunk := self._response.read(size):
                 yield chunk
         except (OSError, http.client.HTTPException) as exc:
-            raise PipeError(f"cannot pull {self._name}: {exc}", self._name) from exc
+            raise TransferCut(f"cannot pull {self._name}: {exc}", self._name) from exc
+        # http.client ends a body cut short as if it were complete: its length says it is not.
+        if self._response.length:
+            left = self._response.length
+            raise TransferCut(f"cannot pull {self._name}: cut {left} bytes short", self._name)

@@ -17,6 +17,11 @@ read again either. What is missing travels, several transfers at a time, by size
 Pulls stream to a temporary file, check the digest, and rename into place; with direct
 transfers the bytes come straight from S3, and files kept together in one object (a pack)
 come down together, in one ranged request.
+
+A transfer cut half way is not started over (``_retries.py``): a pull goes on from the byte
+where it stopped (``Range``), a push sends the file again (a direct upload: only the part
+that was cut), a few times with growing waits, on a dropped connection or a 5xx/429 answer;
+never on a 4xx.
 """
 
 import base64
@@ -30,7 +35,7 @@ import tarfile
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +50,7 @@ from modelcloud.pipe._center import CHUNK, FileAttributes, Progress
 from modelcloud.pipe._digests import DigestCache
 from modelcloud.pipe._objects import ObjectReader
 from modelcloud.pipe._paths import INTERNAL_PREFIX, safe_relative
+from modelcloud.pipe._retries import Retries, TransferCut, resumed, retryable_status, skipped
 from modelcloud.pipe.errors import PipeError, PipeFileNotFound
 
 _LINK_BATCH = 1000
@@ -123,6 +129,7 @@ class RemoteCenter:
         workers: int = 8,
         transport: httpx.BaseTransport | None = None,
         digests: DigestCache | None = None,
+        retries: Retries | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server.rstrip("/")
@@ -143,6 +150,7 @@ class RemoteCenter:
         # Presigned URLs carry their own authorization: never send the token to S3.
         self._s3 = httpx.Client(timeout=timeout, limits=limits, transport=transport)
         self._digests = digests or DigestCache()
+        self._retries = retries or Retries()
         self._objects = ObjectReader(timeout_s=300)
         # The seed's pipes are never closed explicitly: close the connections with the pipe.
         self._closer = weakref.finalize(
@@ -157,10 +165,11 @@ class RemoteCenter:
 
     @cached_property
     def _limits(self) -> _Limits:
-        try:
-            response = self._http.get("/v1/transfers")
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot reach the file store at {self.server}: {exc}") from exc
+        response = self._retries.send(
+            lambda: self._http.get("/v1/transfers"),
+            None,
+            what=f"reach the file store at {self.server}",
+        )
         if response.status_code == 404:  # an older file store: everything through it
             return _Limits()
         known = _Limits.__dataclass_fields__
@@ -168,7 +177,10 @@ class RemoteCenter:
         return _Limits(**{k: v for k, v in data.items() if k in known})
 
     def attributes(self) -> list[FileAttributes]:
-        entries = self._checked(self._http.get(f"{self._base}/files"), None).json()
+        listed = self._retries.send(
+            lambda: self._http.get(f"{self._base}/files"), None, what="list the files"
+        )
+        entries = self._checked(listed, None).json()
         return [_entry(e) for e in entries]
 
     # ------------------------------------------------------------------ push
@@ -191,9 +203,12 @@ class RemoteCenter:
                 {"path": name, "sha256": digest, "modified_at": _mtime(source)}
                 for (source, name), digest in known[start : start + _LINK_BATCH]
             ]
-            answer = self._checked(
-                self._http.post(f"{self._base}/link", json={"files": batch}), None
+            linked = self._retries.send(
+                partial(self._http.post, f"{self._base}/link", json={"files": batch}),
+                None,
+                what="link files",
             )
+            answer = self._checked(linked, None)
             missing.update(answer.json()["missing"])
         uploads: list[_Upload] = []
         for (source, name), digest, size in zip(files, digests, sizes, strict=True):
@@ -260,23 +275,28 @@ class RemoteCenter:
             "X-Modified-At": _mtime(upload.source),
             "Content-Type": "application/octet-stream",
         }
-        content: Iterator[bytes]
         if upload.sha256 is None:
             # Hashed while sent: the digest follows the file's bytes (the service checks
             # it against the bytes it received).
             headers["X-File-Size"] = str(upload.size)
             headers["Content-Length"] = str(upload.size + _TRAILER_SIZE)
-            content = _with_trailer(upload.source, upload.size, progress)
         else:
             headers["X-Content-SHA256"] = upload.sha256
             headers["Content-Length"] = str(upload.size)
-            content = _chunks(upload.source, 0, upload.size, progress)
-        try:
-            response = self._http.put(
+        once = _ProgressOnce(progress)
+
+        def send() -> httpx.Response:
+            # A cut upload leaves nothing on the service: the file is sent again, whole.
+            content: Iterator[bytes]
+            if upload.sha256 is None:
+                content = _with_trailer(upload.source, upload.size, once.attempt())
+            else:
+                content = _chunks(upload.source, 0, upload.size, once.attempt())
+            return self._http.put(
                 f"{self._base}/files/{quote(upload.name)}", content=content, headers=headers
             )
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot push {upload.name}: {exc}", upload.name) from exc
+
+        response = self._retries.send(send, upload.name, what=f"push {upload.name}")
         stored: str = self._checked(response, upload.name).json()["sha256"]
         return [(upload.source, stored)]
 
@@ -291,14 +311,16 @@ class RemoteCenter:
                 with upload.source.open("rb") as reader:
                     archive.addfile(info, reader)
         names = ", ".join(u.name for u in pack[:3]) + (", ..." if len(pack) > 3 else "")
-        try:
-            response = self._http.post(
+        response = self._retries.send(
+            partial(
+                self._http.post,
                 f"{self._base}/packs",
                 content=buffer.getvalue(),
                 headers={"Content-Type": "application/x-tar"},
-            )
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot push {names}: {exc}", pack[0].name) from exc
+            ),
+            pack[0].name,
+            what=f"push {names}",
+        )
         self._checked(response, pack[0].name if len(pack) == 1 else None)
         if progress is not None:
             progress(sum(u.size for u in pack))
@@ -308,19 +330,26 @@ class RemoteCenter:
         """Parts straight to S3, a few at a time, each under a URL signed with its CRC32;
         the file is read once, hashed while its parts travel."""
         name = upload.name
-        try:
-            started = self._http.post(
-                f"{self._base}/uploads", json={"path": name, "size": upload.size}
-            )
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot push {name}: {exc}", name) from exc
+        # Each start makes a multipart upload: one whose answer was lost is not started again
+        # (it would be left unfinished, out of reach); only one that never left is.
+        started = self._retries.send(
+            partial(
+                self._http.post, f"{self._base}/uploads", json={"path": name, "size": upload.size}
+            ),
+            name,
+            what=f"push {name}",
+            resend=False,
+        )
         ticket = self._checked(started, name).json()
         uploads = f"{self._base}/uploads/{ticket['upload_id']}"
         multipart_id = ticket["multipart_id"]
         try:
             sent = self._send_parts(upload, uploads, multipart_id, ticket, progress)
-            try:
-                completed = self._http.post(
+            # Only a completion that never reached the service, or that it turned away (503,
+            # 429), is sent again; one that did complete answers the same the second time.
+            completed = self._retries.send(
+                partial(
+                    self._http.post,
                     f"{uploads}/complete",
                     json={
                         "path": name,
@@ -330,9 +359,11 @@ class RemoteCenter:
                         "multipart_id": multipart_id,
                         "parts": [{"etag": e, "crc32": c} for e, c in sent.parts],
                     },
-                )
-            except httpx.HTTPError as exc:
-                raise PipeError(f"cannot push {name}: {exc}", name) from exc
+                ),
+                name,
+                what=f"push {name}",
+                resend=False,
+            )
             self._checked(completed, name)
         except BaseException:
             # If even this fails, the bucket's lifecycle rule drops the abandoned parts.
@@ -399,19 +430,24 @@ class RemoteCenter:
         part: "_Part",
         progress: Progress | None,
     ) -> str:
-        """Have the part's URL signed with its CRC32, then PUT the part there."""
-        try:
-            signed = self._http.post(
+        """Have the part's URL signed with its CRC32, then PUT the part there; a part cut
+        on its way is sent again, alone (S3 keeps the last copy of a part number)."""
+        signed = self._retries.send(
+            partial(
+                self._http.post,
                 f"{uploads}/parts",
                 json={
                     "multipart_id": multipart_id,
                     "parts": [{"number": part.number, "crc32": part.crc32}],
                 },
-            )
-            (url,) = self._checked(signed, name).json()["urls"]
-            response = self._s3.put(url, content=part.data)
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot push {name}: {exc}", name) from exc
+            ),
+            name,
+            what=f"push {name}",
+        )
+        (url,) = self._checked(signed, name).json()["urls"]
+        response = self._retries.send(
+            partial(self._s3.put, url, content=part.data), name, what=f"push {name}"
+        )
         if not response.is_success:
             raise PipeError(
                 f"{name}: the object store answered {response.status_code}: {response.text[:200]}",
@@ -430,12 +466,17 @@ class RemoteCenter:
         if self._limits.direct_downloads:
             for start in range(0, len(files), _LINK_BATCH):
                 batch = files[start : start + _LINK_BATCH]
-                answer = self._checked(
-                    self._http.post(
-                        f"{self._base}/downloads", json={"paths": [n for n, _ in batch]}
+                one = batch[0][0] if len(batch) == 1 else None
+                links_asked = self._retries.send(
+                    partial(
+                        self._http.post,
+                        f"{self._base}/downloads",
+                        json={"paths": [n for n, _ in batch]},
                     ),
-                    batch[0][0] if len(batch) == 1 else None,
-                ).json()
+                    one,
+                    what=f"pull {one}" if one else "pull files",
+                )
+                answer = self._checked(links_asked, one).json()
                 links = {link["path"]: link for link in answer["files"]}
                 for name, target in batch:
                     link = links[name]
@@ -464,18 +505,51 @@ class RemoteCenter:
                 future.result()
 
     def _fetch_one(self, download: _Download, progress: Progress | None) -> None:
+        """One file, from S3 (presigned) or through the service; a pull cut half way goes
+        on from the byte where it stopped (``Range``), and the SHA-256 is checked over
+        every byte at the end."""
         name, url = download.name, download.url
         if url is not None:  # presigned: the link names the digest
-            with self._objects.get(url, name) as body:
-                _write_checked(download, download.sha256, body.chunks(CHUNK), progress)
+            size = download.size
+
+            def from_object(start: int) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+                if start == 0:
+                    return self._object_from(url, name, 0, None)
+                return self._object_from(url, name, start, size - 1)
+
+            chunks = resumed(from_object, name, self._retries)
+            _write_checked(download, partial(_sha256_of, download), chunks, progress)
             return
-        try:
-            with self._http.stream("GET", f"{self._base}/files/{quote(name)}") as response:
+        digests: list[str | None] = []  # of each answer: the file must not change between them
+
+        @contextlib.contextmanager
+        def from_service(start: int) -> Iterator[Iterator[bytes]]:
+            headers = {"Range": f"bytes={start}-"} if start else {}
+            path = f"{self._base}/files/{quote(name)}"
+            with self._http.stream("GET", path, headers=headers) as response:
+                if retryable_status(response.status_code):
+                    response.read()
+                    raise TransferCut(f"{name}: the file store answered {response.status_code}")
                 self._checked(response, name)
-                expected = response.headers.get("x-content-sha256")
-                _write_checked(download, expected, response.iter_bytes(CHUNK), progress)
-        except httpx.HTTPError as exc:
-            raise PipeError(f"cannot pull {name}: {exc}", name) from exc
+                digests.append(response.headers.get("x-content-sha256"))
+                if digests[-1] != digests[0]:
+                    raise PipeError(f"{name} changed while it was pulled; pull it again", name)
+                chunks = response.iter_bytes(CHUNK)
+                # An older file store ignores the range: the whole file comes again.
+                yield skipped(chunks, start) if start and response.status_code == 200 else chunks
+
+        chunks = resumed(from_service, name, self._retries)
+        _write_checked(download, lambda: digests[0] if digests else None, chunks, progress)
+
+    @contextlib.contextmanager
+    def _object_from(
+        self, url: str, name: str, first: int, last: int | None
+    ) -> Iterator[Iterator[bytes]]:
+        """The object's bytes from ``first`` (to ``last``, when given)."""
+        with self._objects.get(url, name, first=first, last=last) as body:
+            chunks = body.chunks(CHUNK)
+            # A server that ignores the range sends the whole object again.
+            yield skipped(chunks, first) if first and body.status == 200 else chunks
 
     def _fetch_together(self, group: list[_Download], progress: Progress | None) -> None:
         """Files lying in one object (a pack): one ranged GET over all of them, each file
@@ -486,27 +560,39 @@ class RemoteCenter:
         ordered = sorted(spans)
         first = ordered[0][0]
         end = max(offset + size for offset, size in ordered)
-        with contextlib.ExitStack() as stack:
-            chunks: Iterator[bytes] = iter(())
-            if end > first:
-                body = stack.enter_context(
-                    self._objects.get(group[0].url or "", group[0].name, first=first, last=end - 1)
-                )
-                chunks = body.chunks(CHUNK)
+        url, name = group[0].url or "", group[0].name
+        chunks: Iterator[bytes] = iter(())
+        if end > first:  # cut half way: on from the byte where it stopped
+            chunks = resumed(
+                lambda start: self._object_from(url, name, first + start, end - 1),
+                name,
+                self._retries,
+            )
+        try:
             stream = _ByteStream(chunks)
             position = first
             for offset, size in ordered:
                 stream.skip(offset - position)
                 position = offset + size
                 lead, *copies = spans[(offset, size)]
-                _write_checked(lead, lead.sha256, stream.take(size, lead.name), progress)
+                chunks_of_lead = stream.take(size, lead.name)
+                _write_checked(lead, partial(_sha256_of, lead), chunks_of_lead, progress)
                 for copy in copies:
                     _copy_into_place(lead.target, copy.target)
+        finally:
+            if isinstance(chunks, Generator):
+                chunks.close()  # the connection, if the files were not read to the end
 
     # ------------------------------------------------------------------ delete
 
     def delete(self, name: str) -> None:
-        self._checked(self._http.delete(f"{self._base}/files/{quote(name)}"), name)
+        deleted = self._retries.send(
+            lambda: self._http.delete(f"{self._base}/files/{quote(name)}"),
+            name,
+            what=f"delete {name}",
+            resend=False,  # a second delete of a deleted file would say it is not there
+        )
+        self._checked(deleted, name)
 
     def _checked(self, response: httpx.Response, name: str | None) -> httpx.Response:
         if response.is_success:
@@ -620,7 +706,7 @@ def _with_trailer(path: Path, size: int, progress: Progress | None) -> Iterator[
 
 def _write_checked(
     download: _Download,
-    expected: str | None,
+    expected: Callable[[], str | None],
     chunks: Iterator[bytes | memoryview],
     progress: Progress | None,
 ) -> None:
@@ -649,7 +735,7 @@ def _write_checked(
                     progress(len(chunk))
             hash_behind.finish()
             write_behind.finish()
-        if expected and digest.hexdigest() != expected:
+        if (sha256 := expected()) and digest.hexdigest() != sha256:
             raise PipeError(
                 f"{download.name} arrived damaged (SHA-256 mismatch); pull it again",
                 download.name,
@@ -657,6 +743,30 @@ def _write_checked(
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _sha256_of(download: _Download) -> str | None:
+    return download.sha256
+
+
+class _ProgressOnce:
+    """Reports each byte once, however many tries send it."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._reported = 0
+        self._sent = 0
+
+    def attempt(self) -> Progress | None:
+        """The progress callback for one more try, from the first byte."""
+        self._sent = 0
+        return None if self._progress is None else self
+
+    def __call__(self, count: int) -> None:
+        self._sent += count
+        if self._progress is not None and self._sent > self._reported:
+            self._progress(self._sent - self._reported)
+            self._reported = self._sent
 
 
 def _copy_into_place(source: Path, target: Path) -> None:

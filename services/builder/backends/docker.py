@@ -20,6 +20,12 @@ limit and optionally a memory cap, and no volume at all (so never the engine's s
 
 Replicas run with a GPU request when the service wants a GPU, publish port 9000 on the
 builder's replica host, and carry labels that let a restarted builder find them.
+
+Every Docker SDK call blocks (an HTTP request to the engine, for minutes in an image
+build), so none is made on the event loop: the async methods run them in a worker thread,
+an image build's output coming back line by line as it is written, and the runtime's plain
+methods (``alive``, ``output``, ``running``, ``release``) are called in one by the
+supervisor.
 """
 
 import asyncio
@@ -30,6 +36,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,27 +96,34 @@ class DockerBuilder:
         try:
             await asyncio.to_thread(client.images.get, base)
         except ImageNotFound:
+            await asyncio.to_thread(client.close)
             raise StepFailed(
                 "base image",
                 f"{base} is not on this Docker engine (build or load it there, or map "
                 f"Python {job.spec.python} to another image in BUILDER_DOCKER_BASE_IMAGES)",
             ) from None
         sdk = await self._sdk_wheels(log)
-        tag = f"modelcloud/{job.version_id}:{str(job.build_id)[:8]}"
+        repository = self.settings.docker_image_repository
+        tag = f"{repository}/{job.version_id}:{str(job.build_id)[:8]}"
         loop = asyncio.get_running_loop()
 
         def emit(line: str) -> None:
             loop.call_soon_threadsafe(log, line)
 
-        with tempfile.TemporaryDirectory(prefix="modelcloud-context-") as folder:
-            context = Path(folder)
+        # The context holds copies of every wheel of BUILDER_FIND_LINKS (a CPU torch is
+        # hundreds of MB): made and removed in a worker thread too.
+        context = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="modelcloud-context-"))
+        try:
             names = await asyncio.to_thread(
                 self._context, context, job, base, steps, command, sdk.wheels, list(buildargs)
             )
             image_id, reused = await asyncio.to_thread(
                 _build_image, client, context, tag, names, buildargs, emit
             )
-        await asyncio.to_thread(_drop_older_images, client, tag)
+            await asyncio.to_thread(_drop_older_images, client, tag)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, context, ignore_errors=True)
+            await asyncio.to_thread(client.close)
         return Artifact(
             backend=self.name,
             data={"image": tag, "image_id": image_id},
@@ -304,12 +318,15 @@ class ContainerRuntime:
         self.owner = owner
         self.settings = settings
         self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()  # worker threads may ask for it at once
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = docker_client()
-        return self._client
+        """The engine's client, connected on first use: call it in a worker thread."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = docker_client()
+            return self._client
 
     async def start(self, replica: ReplicaSpec) -> str:
         def run() -> Container:
@@ -374,9 +391,10 @@ class ContainerRuntime:
         await asyncio.to_thread(stop_and_remove)
 
     def release(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def running(self) -> dict[str, UUID]:
         found: dict[str, UUID] = {}

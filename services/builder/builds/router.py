@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from services.builder.builds import service
 from services.builder.builds.logs import BuildLogs
 from services.builder.builds.models import BuildRead, BuildState
-from services.builder.deps import Name, SessionDep, access_to
+from services.builder.deps import Name, SessionDep, StateDep, access_to
 
 router = APIRouter(prefix="/v1/projects/{project}/builds", tags=["builds"])
 # Each of these ends a line, and so a field, in Server-Sent Events.
@@ -54,6 +54,7 @@ async def build_logs(
     build_id: UUID,
     request: Request,
     session: SessionDep,
+    state: StateDep,
     follow: Annotated[bool, Query(description="stream lines live (Server-Sent Events)")] = False,
     offset: Annotated[int, Query(ge=0, description="the first byte to send")] = 0,
     limit: Annotated[int | None, Query(ge=1, description="the most bytes to send")] = None,
@@ -69,7 +70,7 @@ async def build_logs(
     queued = build.state is BuildState.QUEUED
     # SQLite takes its write lock even to read: do not hold it while the stream runs.
     await session.close()
-    logs: BuildLogs = request.app.state.build_logs
+    logs: BuildLogs = state.build_logs
     if not follow:
         size = logs.size(build_id)
         start = min(offset, size)
@@ -79,7 +80,7 @@ async def build_logs(
             media_type="text/plain; charset=utf-8",
             headers={"Content-Length": str(end - start), "X-Log-Size": str(size)},
         )
-    sessions = request.app.state.sessions
+    sessions = state.database.sessions
 
     async def events() -> AsyncIterator[str]:
         async for line in logs.follow(build_id, queued=queued):

@@ -4,6 +4,12 @@ A consumed ``registry.build.requested`` only records a queued build; the runner 
 from there: ``builder.build.started``, the backend's steps with their output in the build
 log, then ``builder.build.succeeded`` or ``builder.build.failed`` naming the step. A build
 that was running when the builder stopped is run again when it starts.
+
+No transaction is held while a build runs (minutes): the runner marks it running and
+commits, builds, then records the outcome in a new transaction. The runner never dies of an
+unexpected error (the database gone, a full disk): it is logged with its traceback,
+reported by :meth:`BuildRunner.problems` (for ``/readyz``) and retried with backoff; a build
+it was running then is queued again.
 """
 
 import asyncio
@@ -56,6 +62,8 @@ class BuildRunner:
         logs: BuildLogs,
         relay: OutboxRelay | None,
         scratch: Path,
+        retry_backoff_s: float = 1.0,
+        retry_backoff_max_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.backend = backend
@@ -63,26 +71,58 @@ class BuildRunner:
         self.logs = logs
         self.relay = relay
         self.scratch = scratch
+        self.retry_backoff_s = retry_backoff_s
+        self.retry_backoff_max_s = retry_backoff_max_s
+        self.crashes = 0  # unexpected errors met since start (a metric)
+        self._problem: str | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
+    def problems(self) -> dict[str, str]:
+        """The runner's last unexpected error while it is retrying (empty when all is
+        well), by task name, for ``/readyz``."""
+        return {"build-runner": self._problem} if self._problem is not None else {}
+
+    def healthy(self) -> bool:
+        return self._problem is None
+
     async def run(self) -> None:
         """Run queued builds until cancelled."""
-        async with self.sessions() as session:  # interrupted by a builder stop: run again
-            interrupted = select(Build).where(Build.state == BuildState.RUNNING)
-            for build in (await session.exec(interrupted)).all():
-                build.state = BuildState.QUEUED
-            await session.commit()
+        requeued = False
+        backoff = self.retry_backoff_s
         while True:
-            build_id = await self._next()
+            try:
+                if not requeued:
+                    await self._requeue_interrupted()
+                    requeued = True
+                build_id = await self._next()
+                if build_id is not None:
+                    await self._run_one(build_id)
+            except Exception as exc:  # the runner must outlive any one build
+                self.crashes += 1
+                self._problem = f"{type(exc).__name__}: {exc}"
+                log.exception("the build runner failed; retrying in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.retry_backoff_max_s)
+                requeued = False  # the build it was running, if any, is run again
+                continue
+            self._problem = None
+            backoff = self.retry_backoff_s
             if build_id is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
-                continue
-            await self._run_one(build_id)
+
+    async def _requeue_interrupted(self) -> None:
+        # Builds run one at a time, and none is running now: one marked running was cut
+        # short (a builder stop, a crash of the runner) and is run again.
+        async with self.sessions() as session:
+            interrupted = select(Build).where(Build.state == BuildState.RUNNING)
+            for build in (await session.exec(interrupted)).all():
+                build.state = BuildState.QUEUED
+            await session.commit()
 
     async def _next(self) -> UUID | None:
         async with self.sessions() as session:

@@ -55,6 +55,10 @@ class ReplicaRecord(SQLModel, table=True):
     ready_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    replaces: UUID | None = Field(
+        default=None,
+        description="the dead replica this one is replacing, until the swap commits",
+    )
 
     def as_event(self) -> Replica:
         return Replica(address=f"{self.host}:{self.port}", pool=self.pool)

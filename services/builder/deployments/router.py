@@ -30,7 +30,11 @@ async def list_deployments(
     for deployment in deployments:
         records = (
             await session.exec(
-                select(ReplicaRecord).where(ReplicaRecord.version_id == deployment.version_id)
+                select(ReplicaRecord)
+                .where(ReplicaRecord.version_id == deployment.version_id)
+                # A replacement still starting serves nothing yet: the replica it replaces
+                # is listed (at the same address) until the swap.
+                .where(col(ReplicaRecord.replaces).is_(None))
             )
         ).all()
         out.append(

@@ -9,48 +9,19 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from modelcloud_testing.deployments import build, log_of, request_build
+from modelcloud_testing.platforms import Platform, greeter, remove_test_images
+from modelcloud_testing.polling import wait_for
 from services.builder.backends.processes import all_pids, process_alive
-from services.builder.tests.conftest import (
-    SERVICE,
-    Platform,
-    _remove_test_images,
-    greeter,
-    wait_for,
-)
-from services.registry.tests.support import tar_bundle, upload_version
 
 SLOW_TO_BUILD = pytest.mark.timeout(600)
 FAILING_STEP = "python -c \"print('boom'); raise SystemExit(3)\""
-
-
-async def request_build(platform: Platform, version: str, files: dict[str, str]) -> None:
-    uploaded = await upload_version(
-        platform.registry.client,
-        version,
-        tar_bundle(dict[str, str | bytes](files)),
-        service="greeter",
-    )
-    assert uploaded.status_code == 201, uploaded.text
-    started = await platform.registry.client.post(f"{SERVICE}/versions/{version}/build")
-    assert started.status_code == 202, started.text
-
-
-async def build(platform: Platform, version: str, files: dict[str, str]) -> dict[str, Any]:
-    await request_build(platform, version, files)
-    return await platform.wait_state(version, "built", "build_failed")
-
-
-async def log_of(platform: Platform, build_id: str) -> str:
-    answer = await platform.builder.get(f"/v1/projects/vision/builds/{build_id}/logs")
-    assert answer.status_code == 200
-    return answer.text
 
 
 @SLOW_TO_BUILD
@@ -241,7 +212,7 @@ def test_image_cleanup_without_a_docker_engine_does_nothing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
-    _remove_test_images()  # the venv tests' teardown, on a machine without dockerd
+    remove_test_images()  # the venv tests' teardown, on a machine without dockerd
 
 
 @SLOW_TO_BUILD

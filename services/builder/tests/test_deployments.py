@@ -2,7 +2,6 @@
 model whose setup raises fails clearly; offline and builder restarts leave exactly the
 replicas that should run, and none of them sees a platform secret."""
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -11,64 +10,18 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-import httpx
 import pytest
 
 from modelcloud_proto.events import Envelope, ReplicaRestarted
 from modelcloud_proto.specs import Device
-from services.builder.backends.processes import all_pids, process_environment, process_status
+from modelcloud_testing.deployments import build, greet, pid_on_port, publish, replica_processes
+from modelcloud_testing.platforms import SERVICE, Platform, greeter, running_builder
+from modelcloud_testing.polling import wait_for
+from modelcloud_testing.registries import Registry
 from services.builder.backends.venv import OWNER_MARK, REPLICA_MARK
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import (
-    SERVICE,
-    Platform,
-    greeter,
-    running_builder,
-    wait_for,
-)
-from services.builder.tests.test_builds import build
-from services.registry.tests.support import Registry
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def replica_processes(owner: str | None = None) -> dict[int, dict[str, str]]:
-    """Replica processes on this machine (of one builder), with their environment: the
-    first of each replica (its sandbox's processes and the model server in it carry the
-    marks too, under it)."""
-    found = {}
-    for pid in all_pids():
-        env = process_environment(pid)
-        if env and REPLICA_MARK in env and owner in (None, env.get(OWNER_MARK)):
-            found[pid] = env
-    return {pid: env for pid, env in found.items() if parent_of(pid) not in found}
-
-
-def parent_of(pid: int) -> int | None:
-    status = process_status(pid)
-    return status[1] if status else None
-
-
-def pid_on_port(port: int) -> int:
-    for pid, env in replica_processes().items():  # ports are unique on the machine
-        if env.get("MODELCLOUD_PORT") == str(port):
-            return pid
-    raise AssertionError(f"no replica process listens on {port}")
-
-
-async def greet(address: str, name: str) -> str:
-    async with httpx.AsyncClient() as client:
-        answer = await client.post(f"http://{address}/greet", json={"name": name})
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["message"])
-
-
-async def publish(platform: Platform, version: str, replicas: int = 1) -> dict[str, Any]:
-    answer = await platform.registry.client.post(
-        f"{SERVICE}/versions/{version}/publish", json={"replicas": replicas}
-    )
-    assert answer.status_code == 202, answer.text
-    return await platform.wait_state(version, "online", "publish_failed")
 
 
 async def test_replicas_serve_and_a_killed_one_comes_back(
@@ -175,8 +128,11 @@ async def test_a_restarted_builder_keeps_exactly_the_replicas_that_should_run(
     try:
         second = builder_settings(registry_token=registry.admin_token)
         async with running_builder(second, registry) as (_, client):
-            await asyncio.sleep(0.5)
-            assert stray.poll() is not None  # stopped
+
+            async def stray_stopped() -> bool:
+                return stray.poll() is not None
+
+            await wait_for(stray_stopped, timeout=30)
             assert list(replica_processes(owner)) == [kept]  # adopted, not restarted
             assert await greet(address, "linus") == "hello, linus"
             (deployment,) = (await client.get("/v1/projects/vision/deployments")).json()

@@ -5,10 +5,10 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from modelcloud_testing.deployments import build, greet, log_of, publish
+from modelcloud_testing.platforms import INDEX_URL, Platform, greeter
+from modelcloud_testing.polling import wait_for
 from services.builder.backends.docker import OWNER_LABEL
-from services.builder.tests.conftest import INDEX_URL, Platform, greeter, wait_for
-from services.builder.tests.test_builds import build, log_of
-from services.builder.tests.test_deployments import greet, publish
 from services.builder.tests.test_example import build_publish_and_classify
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]

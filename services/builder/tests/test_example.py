@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from services.builder.tests.conftest import Platform, wait_for
-from services.registry.tests.support import make_service, upload_version
+from modelcloud_testing.platforms import Platform
+from modelcloud_testing.polling import wait_for
+from modelcloud_testing.registries import make_service, upload_version
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 CLASSIFIER = "/v1/projects/vision/services/classifier/versions/1.0"

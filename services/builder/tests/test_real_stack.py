@@ -6,18 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from modelcloud_testing.deployments import build, greet, publish, replica_processes
+from modelcloud_testing.platforms import Platform, greeter, running_builder
+from modelcloud_testing.polling import wait_for
+from modelcloud_testing.registries import make_service, running_registry
+from modelcloud_testing.servers import RABBITMQ, fresh_postgres_database
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import Platform, greeter, running_builder, wait_for
-from services.builder.tests.test_builds import build
-from services.builder.tests.test_deployments import greet, publish, replica_processes
 from services.common.events.rabbitmq import RabbitBus
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import (
-    RABBITMQ,
-    fresh_postgres_database,
-    make_service,
-    running_registry,
-)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq, pytest.mark.timeout(600)]
 

@@ -10,6 +10,9 @@ import docker
 import httpx
 import pytest
 
+from modelcloud_testing.deployments import build, log_of, publish
+from modelcloud_testing.platforms import Platform, remove_test_images, running_builder
+from modelcloud_testing.registries import Registry
 from services.builder.backends.package_index import (
     IndexCredentials,
     credential_in,
@@ -17,15 +20,7 @@ from services.builder.backends.package_index import (
     redact,
 )
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import (
-    Platform,
-    _remove_test_images,
-    running_builder,
-)
-from services.builder.tests.test_builds import build, log_of
-from services.builder.tests.test_deployments import publish
 from services.builder.tests.test_docker import replicas_of
-from services.registry.tests.support import Registry
 
 SECRET = "hunter2-index-secret"  # noqa: S105 - the fake credential looked for
 
@@ -163,7 +158,7 @@ async def test_a_credentialed_index_fails_the_build_and_makes_no_image(
             assert not images, "no image is built with a credentialed index"
         finally:
             engine.close()
-    _remove_test_images()
+    remove_test_images()
 
 
 @pytest.mark.docker

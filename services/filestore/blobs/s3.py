@@ -25,6 +25,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -41,6 +42,7 @@ from services.filestore.blobs.store import (
     PackMember,
     PartsRejected,
     Placement,
+    StoredObject,
     UploadNotFound,
     blob_key,
 )
@@ -55,6 +57,7 @@ MAX_PARTS = 10_000  # the most parts S3 takes in one upload
 _PARTS_IN_FLIGHT = 6
 OBJECTS_PREFIX = "objects/"
 PACKS_PREFIX = "packs/"
+BLOBS_PREFIX = "blobs/"
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 _REJECTED = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "BadDigest", "InvalidArgument")
 
@@ -189,6 +192,46 @@ class S3Blobs:
                     ]
                 },
             )
+
+    def objects(self) -> Iterator[list[StoredObject]]:
+        pages = self.client.get_paginator("list_objects_v2")
+        for prefix in (BLOBS_PREFIX, OBJECTS_PREFIX, PACKS_PREFIX):
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                found = [
+                    StoredObject(item["Key"], item["Size"], item["LastModified"])
+                    for item in page.get("Contents", [])
+                ]
+                if found:
+                    yield found
+
+    def remove(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # the most one request deletes
+            batch = keys[start : start + 1000]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+            )
+            if errors := answer.get("Errors"):
+                raise RuntimeError(f"S3 kept {len(errors)} objects: {errors[0]}")
+
+    def drop_unfinished(self, before: datetime) -> list[str]:
+        # The bucket's lifecycle rule does this too, but only on buckets this service created.
+        dropped = []
+        pages = self.client.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] >= before:
+                    continue
+                try:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                except ClientError as exc:
+                    if _code(exc) not in _MISSING:
+                        raise
+                    continue
+                dropped.append(upload["Key"])
+        return dropped
 
     @property
     def direct(self) -> DirectTransfers | None:

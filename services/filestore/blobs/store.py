@@ -22,6 +22,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,16 @@ class PackMember:
     sha256: str
     offset: int
     size: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object the store holds: a blob under its content address, or an object holding
+    placed blobs (a pack, an upload whose digest came last, a direct upload)."""
+
+    key: str
+    size: int
+    modified_at: datetime  # timezone-aware
 
 
 class UploadNotFound(LookupError):
@@ -142,6 +153,17 @@ class BlobStore(Protocol):
 
     def ready(self) -> None:
         """Raise if the store cannot be reached."""
+
+    def objects(self) -> Iterator[list[StoredObject]]:
+        """Every finished object the store holds, a page (up to 1,000) at a time; unfinished
+        uploads are not listed."""
+
+    def remove(self, keys: list[str]) -> None:
+        """Delete these objects; one already gone is no error."""
+
+    def drop_unfinished(self, before: datetime) -> list[str]:
+        """Remove what uploads started before ``before`` and never finished left behind
+        (temporary files, multipart uploads); returns what was removed."""
 
     @property
     def direct(self) -> DirectTransfers | None:

@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from services.filestore.blobs.s3 import readable_whole
-from services.filestore.blobs.store import BlobStore, Placement
+from services.filestore.blobs.store import BlobStore, Placement, blob_key
 from services.filestore.files.models import BlobPlacement, FileEntry
 
 
@@ -80,6 +80,17 @@ async def placements_of(
     ]
 
 
-async def read_entry(session: AsyncSession, blobs: BlobStore, entry: FileEntry) -> Iterator[bytes]:
+async def read_entry(
+    session: AsyncSession,
+    blobs: BlobStore,
+    entry: FileEntry,
+    first: int = 0,
+    length: int | None = None,
+) -> Iterator[bytes]:
+    """The entry's bytes, or ``length`` of them from ``first``."""
     (placement,) = await placements_of(session, [entry])
-    return blobs.read(entry.sha256) if placement is None else blobs.read_placed(placement)
+    if first == 0 and length is None:
+        return blobs.read(entry.sha256) if placement is None else blobs.read_placed(placement)
+    base = Placement(blob_key(entry.sha256), 0, entry.size) if placement is None else placement
+    length = entry.size - first if length is None else length
+    return blobs.read_placed(Placement(base.key, base.offset + first, length))

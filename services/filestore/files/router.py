@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Request, status
 from fastapi.responses import StreamingResponse
 
 from services.common.problems import InvalidInput
-from services.filestore.deps import SessionDep, access_to
+from services.filestore.deps import SessionDep, StateDep, access_to
 from services.filestore.files import service
 from services.filestore.files.models import FileRead, LinkRequest, LinkResult
 from services.filestore.files.paths import check_file_path
@@ -49,6 +49,7 @@ async def upload(
     version: Component,
     path: str,
     request: Request,
+    state: StateDep,
     session: SessionDep,
     sha256: Sha256 = None,
     content_length: Annotated[int | None, Header()] = None,
@@ -64,7 +65,6 @@ async def upload(
         raise InvalidInput("X-File-Size", "give the SHA-256 before the body or after it, not both")
     check_file_path(path)
     access = await access_to(request, project, "write")
-    state = request.app.state
     return await service.upload(
         session=session,
         blobs=state.blobs,
@@ -76,6 +76,7 @@ async def upload(
         modified_at=modified_at,
         user=access.user,
         max_bytes=state.settings.max_file_bytes,
+        max_age_s=state.settings.upload_max_age_s,
         trailer_after=file_size,
     )
 
@@ -105,26 +106,36 @@ async def download(
     version: Component,
     path: str,
     request: Request,
+    state: StateDep,
     session: SessionDep,
 ) -> StreamingResponse:
     check_file_path(path)
     await access_to(request, project, "read")
-    entry, chunks = await service.open_file(
-        session=session, blobs=request.app.state.blobs, where=(project, model, version), path=path
+    entry, chunks, part = await service.open_file(
+        session=session,
+        blobs=state.blobs,
+        where=(project, model, version),
+        path=path,
+        byte_range=request.headers.get("range"),
     )
 
     async def stream() -> AsyncIterator[bytes]:
         while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
             yield chunk
 
+    headers = {
+        "Content-Length": str(entry.size if part is None else part.length),
+        "Accept-Ranges": "bytes",  # a pull cut half way asks for the rest (Range: bytes=N-)
+        "ETag": f'"{entry.sha256}"',
+        "X-Content-SHA256": entry.sha256,
+    }
+    if part is not None:
+        headers["Content-Range"] = part.content_range(entry.size)
     return StreamingResponse(
         stream(),
+        status_code=status.HTTP_200_OK if part is None else status.HTTP_206_PARTIAL_CONTENT,
         media_type="application/octet-stream",
-        headers={
-            "Content-Length": str(entry.size),
-            "ETag": f'"{entry.sha256}"',
-            "X-Content-SHA256": entry.sha256,
-        },
+        headers=headers,
     )
 
 

@@ -13,6 +13,7 @@ is also the pipe's ``crc``: one hash per file, the content's own address.
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +26,18 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
-from services.common.problems import InvalidInput, NotFound, PayloadTooLarge
+from services.common.problems import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from services.filestore.blobs.store import CHUNK, BlobStore, Placement
+from services.filestore.files.commit_locks import lock_names
+from services.filestore.files.expiry import check_age
 from services.filestore.files.models import FileEntry, FileRead, LinkItem, LinkResult
 from services.filestore.files.placements import is_stored, place, read_entry
+from services.filestore.files.ranges import ByteRange, requested_range
 
 Where = tuple[str, str, str]  # project, model, version
 TRAILER_MAX = 1024
@@ -70,6 +79,7 @@ async def upload(
     modified_at: datetime | None,
     user: str,
     max_bytes: int,
+    max_age_s: float,
     trailer_after: int | None = None,
 ) -> FileRead:
     """Stream the body into the blob store while hashing it; the content becomes readable,
@@ -78,8 +88,13 @@ async def upload(
     that many bytes.
 
     Content stored already (by any project) is not written again, but its bytes are still
-    received and hashed: sending them is what proves the uploader holds them."""
+    received and hashed: sending them is what proves the uploader holds them. One that
+    took over ``max_age_s`` is refused (``files/expiry.py``)."""
+    started = time.time()
     known = declared_sha256 is not None and await is_stored(session, blobs, declared_sha256)
+    # No transaction stays open while the body travels: on SQLite each one holds the write
+    # lock, and every other writer (the blob collector too) would wait for the upload.
+    await session.rollback()
     placed_writer = declared_sha256 is None
     writer = (
         None
@@ -129,6 +144,14 @@ async def upload(
         if declared_sha256 is not None and digest != declared_sha256:
             field = "X-Content-SHA256" if trailer_after is None else "trailer.sha256"
             raise InvalidInput(field, f"{path}: the content's SHA-256 is {digest}")
+        check_age(started=started, max_age_s=max_age_s, path=path)
+        # From here to the commit, the digest is locked against the collector
+        # (``files/commit_locks.py``): what the entry will read is checked, or written, first.
+        await session.rollback()
+        await lock_names(session, [digest])
+        if known and not await is_stored(session, blobs, digest):
+            # Collected while the bytes travelled (it had no file left): they were not kept.
+            raise ServiceUnavailable(f"{path}: its stored copy was removed meanwhile; send again")
         if writer is not None:
             # Bytes streamed before their digest was known lie in an object of their own:
             # content stored meanwhile (or before) is kept once.
@@ -189,6 +212,8 @@ async def link(
 ) -> LinkResult:
     """Point paths at content this project already holds: a push of unchanged files sends
     no bytes. Paths already pointing at the same content are left alone."""
+    # Content held only by entries deleted meanwhile may be collected: locked, it is not.
+    await lock_names(session, {i.sha256 for i in items})
     current = {e.path: e for e in await _entries(session, where)}
     linked: list[str] = []
     missing: list[str] = []
@@ -212,10 +237,21 @@ async def link(
 
 
 async def open_file(
-    *, session: AsyncSession, blobs: BlobStore, where: Where, path: str
-) -> tuple[FileRead, Iterator[bytes]]:
+    *,
+    session: AsyncSession,
+    blobs: BlobStore,
+    where: Where,
+    path: str,
+    byte_range: str | None = None,
+) -> tuple[FileRead, Iterator[bytes], ByteRange | None]:
+    """The file's bytes, or the range ``byte_range`` (a ``Range`` header) asks for: a pull
+    cut half way goes on from where it stopped."""
     entry = await entry_or_404(session, where, path)
-    return to_read(entry), await read_entry(session, blobs, entry)
+    wanted = requested_range(byte_range, entry.size)
+    if wanted is None:
+        return to_read(entry), await read_entry(session, blobs, entry), None
+    chunks = await read_entry(session, blobs, entry, wanted.first, wanted.length)
+    return to_read(entry), chunks, wanted
 
 
 async def delete(*, session: AsyncSession, where: Where, path: str) -> FileRead:

@@ -16,11 +16,11 @@ import boto3
 import httpx
 import pytest
 
+from modelcloud_testing.registries import Registry, make_service, running_registry
 from services.common.events.local import LocalBus
 from services.filestore.main import create_app
 from services.filestore.settings import FilestoreSettings
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import Registry, make_service, running_registry
 
 
 @dataclass

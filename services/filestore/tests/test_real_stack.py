@@ -7,11 +7,11 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from modelcloud_testing.servers import fresh_postgres_database
 from services.filestore.files.service import Content, record
 from services.filestore.tests import test_files as files
 from services.filestore.tests import test_transfers as transfers
 from services.filestore.tests.conftest import Stack, _stack
-from services.registry.tests.support import fresh_postgres_database
 
 pytestmark = pytest.mark.postgres
 

@@ -29,12 +29,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from modelcloud.pipe._digests import DigestCache
 from modelcloud.pipe._remote import RemoteCenter
+from modelcloud_testing.registries import make_service
+from modelcloud_testing.servers import fresh_postgres_database
 from services.common.migrations import upgrade
 from services.filestore.blobs.s3 import readable_whole
 from services.filestore.main import MIGRATIONS
 from services.filestore.tests.conftest import Stack
 from services.filestore.transfers.service import PACK_SHA256
-from services.registry.tests.support import fresh_postgres_database, make_service
 
 VISION = "/v1/projects/vision/models/classifier/versions/v1"
 OTHER = "/v1/projects/other/models/loot/versions/v1"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.filestore.tests.conftest import Stack, _stack, bucket_client, s3_settings
-from services.filestore.transfers.service import PACK_SHA256
+from services.filestore.transfers.service import PACK_SHA256, new_upload_id
 
 BASE = "/v1/projects/vision/models/classifier/versions/v1"
 
@@ -71,9 +71,11 @@ async def direct_upload(
     signed: bytes | None = None,
     size: int | None = None,
     path: str = "big.bin",
+    completions: int = 1,
 ) -> httpx.Response:
     """Start, sign each part with its CRC32, PUT it straight to S3, complete: as the pipe
-    does. ``signed``: the bytes whose CRC32s are signed and declared, if not ``data``."""
+    does. ``signed``: the bytes whose CRC32s are signed and declared, if not ``data``;
+    ``completions``: how often the completion is sent (its last answer is returned)."""
     declared = signed if signed is not None else data
     size = len(declared) if size is None else size
     started = await stack.files.post(f"{BASE}/uploads", json={"path": path, "size": size})
@@ -93,16 +95,18 @@ async def direct_upload(
             answer = await s3.put(urls.json()["urls"][0], content=part)
             assert answer.status_code == 200, answer.text
             parts.append({"etag": answer.headers["etag"], "crc32": crc})
-    return await stack.files.post(
-        f"{BASE}/uploads/{ticket['upload_id']}/complete",
-        json={
-            "path": path,
-            "size": size,
-            "sha256": sha(declared),
-            "multipart_id": multipart_id,
-            "parts": parts,
-        },
-    )
+    for _ in range(completions):
+        completed = await stack.files.post(
+            f"{BASE}/uploads/{ticket['upload_id']}/complete",
+            json={
+                "path": path,
+                "size": size,
+                "sha256": sha(declared),
+                "multipart_id": multipart_id,
+                "parts": parts,
+            },
+        )
+    return completed
 
 
 def leftovers(stack: Stack) -> tuple[list[str], list[str]]:
@@ -247,7 +251,7 @@ async def test_a_truncated_direct_upload_keeps_nothing(s3_stack: Stack) -> None:
 @pytest.mark.s3
 async def test_completing_an_upload_that_never_happened_is_a_clear_422(s3_stack: Stack) -> None:
     answer = await s3_stack.files.post(
-        f"{BASE}/uploads/8a6e0804-2bd0-4672-b79a-d97358d97cd4/complete",
+        f"{BASE}/uploads/{new_upload_id()}/complete",
         json={
             "path": "big.bin",
             "size": 1,
@@ -258,6 +262,38 @@ async def test_completing_an_upload_that_never_happened_is_a_clear_422(s3_stack:
     )
     assert answer.status_code == 422
     assert answer.json()["errors"][0]["field"] == "upload_id"
+
+
+@pytest.mark.s3
+async def test_a_completion_sent_again_after_it_succeeded_answers_the_same(
+    s3_stack: Stack,
+) -> None:
+    """The pipe sends a completion again when it was turned away (503) or its answer lost;
+    if the first one did complete, the second must not fail the push."""
+    data = b"completed once" * 1000
+    again = await direct_upload(s3_stack, data, completions=2)
+    assert again.status_code == 201, again.text
+    assert again.json()["sha256"] == sha(data)
+    assert await listed(s3_stack) == ["big.bin"]
+    assert (await s3_stack.files.get(f"{BASE}/files/big.bin")).content == data
+    kept, unfinished = leftovers(s3_stack)
+    assert (len(kept), unfinished) == (1, [])
+
+
+@pytest.mark.s3
+async def test_completing_an_upload_id_this_store_never_issued_is_gone(s3_stack: Stack) -> None:
+    answer = await s3_stack.files.post(
+        f"{BASE}/uploads/8a6e0804-2bd0-4672-b79a-d97358d97cd4/complete",
+        json={
+            "path": "big.bin",
+            "size": 1,
+            "sha256": sha(b"x"),
+            "multipart_id": "made-up",
+            "parts": [{"etag": '"0"', "crc32": crc32(b"x")}],
+        },
+    )
+    assert answer.status_code == 410
+    assert answer.headers["content-type"] == "application/problem+json"
 
 
 @pytest.mark.s3

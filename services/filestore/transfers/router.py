@@ -5,7 +5,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, status
 
-from services.filestore.deps import SessionDep, access_to
+from services.common.problems import conflict
+from services.filestore.deps import SessionDep, StateDep, access_to
 from services.filestore.files.models import FileRead
 from services.filestore.files.router import VERSION, Component
 from services.filestore.transfers import service
@@ -25,26 +26,36 @@ MODELS = "/v1/projects/{project}/models"
 
 
 @router.get("/v1/transfers")
-async def transfer_limits(request: Request) -> TransferLimits:
+async def transfer_limits(state: StateDep) -> TransferLimits:
     """How to move bytes here: direct S3 transfers from which size, pack limits."""
-    state = request.app.state
     return service.limits(state.settings, state.blobs)
 
 
-@router.post(MODELS + VERSION + "/uploads", status_code=status.HTTP_201_CREATED)
+@router.post(
+    MODELS + VERSION + "/uploads",
+    status_code=status.HTTP_201_CREATED,
+    responses=conflict("direct transfers are not offered by this store"),
+)
 async def start_upload(
-    project: Component, model: Component, version: Component, data: UploadStart, request: Request
+    project: Component,
+    model: Component,
+    version: Component,
+    data: UploadStart,
+    request: Request,
+    state: StateDep,
 ) -> UploadTicket:
     """Start sending a file's bytes straight to S3, in parts: sign each part's URL with its
     CRC32 (``/parts``), PUT the part there, then complete the upload."""
     await access_to(request, project, "write")
-    state = request.app.state
     return await service.start_upload(
         blobs=state.blobs, settings=state.settings, project=project, data=data
     )
 
 
-@router.post(MODELS + VERSION + "/uploads/{upload_id}/parts")
+@router.post(
+    MODELS + VERSION + "/uploads/{upload_id}/parts",
+    responses=conflict("direct transfers are not offered by this store"),
+)
 async def sign_parts(
     project: Component,
     model: Component,
@@ -52,11 +63,11 @@ async def sign_parts(
     upload_id: UUID,
     data: PartsToSign,
     request: Request,
+    state: StateDep,
 ) -> SignedParts:
     """Presigned PUT URLs for parts of a direct upload, each valid only for the bytes with
     the CRC32 given for it."""
     await access_to(request, project, "write")
-    state = request.app.state
     return await service.sign_parts(
         blobs=state.blobs,
         settings=state.settings,
@@ -66,7 +77,11 @@ async def sign_parts(
     )
 
 
-@router.post(MODELS + VERSION + "/uploads/{upload_id}/complete", status_code=201)
+@router.post(
+    MODELS + VERSION + "/uploads/{upload_id}/complete",
+    status_code=201,
+    responses=conflict("direct transfers are not offered by this store"),
+)
 async def complete_upload(
     project: Component,
     model: Component,
@@ -74,6 +89,7 @@ async def complete_upload(
     upload_id: UUID,
     data: UploadComplete,
     request: Request,
+    state: StateDep,
     session: SessionDep,
 ) -> FileRead:
     """Assemble the parts; keep the file only if the size and the CRC32s that S3 computed
@@ -81,8 +97,8 @@ async def complete_upload(
     access = await access_to(request, project, "write")
     return await service.complete_upload(
         session=session,
-        blobs=request.app.state.blobs,
-        settings=request.app.state.settings,
+        blobs=state.blobs,
+        settings=state.settings,
         where=(project, model, version),
         upload_id=upload_id,
         data=data,
@@ -90,37 +106,45 @@ async def complete_upload(
     )
 
 
-@router.delete(MODELS + VERSION + "/uploads/{upload_id}", status_code=204)
+@router.delete(
+    MODELS + VERSION + "/uploads/{upload_id}",
+    status_code=204,
+    responses=conflict("direct transfers are not offered by this store"),
+)
 async def abort_upload(
     project: Component,
     model: Component,
     version: Component,
     upload_id: UUID,
     request: Request,
+    state: StateDep,
     multipart_id: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> None:
     """Drop an upload that will not be completed, and its parts."""
     await access_to(request, project, "write")
     await service.abort_upload(
-        blobs=request.app.state.blobs,
+        blobs=state.blobs,
         project=project,
         upload_id=upload_id,
         multipart_id=multipart_id,
     )
 
 
-@router.post(MODELS + VERSION + "/downloads")
+@router.post(
+    MODELS + VERSION + "/downloads",
+    responses=conflict("direct transfers are not offered by this store"),
+)
 async def download_links(
     project: Component,
     model: Component,
     version: Component,
     data: DownloadRequest,
     request: Request,
+    state: StateDep,
     session: SessionDep,
 ) -> DownloadLinks:
     """Presigned GET URLs for many files at once; check each against its ``sha256``."""
     await access_to(request, project, "read")
-    state = request.app.state
     return await service.download_links(
         session=session,
         blobs=state.blobs,
@@ -141,12 +165,16 @@ async def download_links(
     },
 )
 async def store_pack(
-    project: Component, model: Component, version: Component, request: Request, session: SessionDep
+    project: Component,
+    model: Component,
+    version: Component,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
 ) -> list[FileRead]:
     """Many small files in one tar body, each member with its SHA-256 in the PAX header
     ``MODELCLOUD.sha256``: all are stored, or none."""
     access = await access_to(request, project, "write")
-    state = request.app.state
     return await service.store_pack(
         session=session,
         blobs=state.blobs,

@@ -15,19 +15,27 @@ read from as byte ranges (S3), or member by member (a local folder).
 
 import hashlib
 import logging
+import os
 import tarfile
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import anyio.to_thread
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from modelcloud_proto.problem import FieldError
-from services.common.problems import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from services.common.problems import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from services.common.tar_guard import TarLimits, TarRejected, open_checked_tar
 from services.filestore.blobs.s3 import OBJECTS_PREFIX, part_size_for
 from services.filestore.blobs.store import (
@@ -39,6 +47,8 @@ from services.filestore.blobs.store import (
     UploadNotFound,
     composite_crc32,
 )
+from services.filestore.files.commit_locks import lock_names
+from services.filestore.files.expiry import UploadExpired, check_age
 from services.filestore.files.models import FileRead
 from services.filestore.files.paths import check_file_path
 from services.filestore.files.placements import place, placements_of, presignable
@@ -86,6 +96,22 @@ def _direct(blobs: BlobStore, offered: bool, what: str) -> DirectTransfers:
     return blobs.direct
 
 
+def new_upload_id(now: float | None = None) -> UUID:
+    """A UUIDv7: its first 48 bits are the upload's start (Unix ms), which completion reads
+    back to enforce ``upload_max_age_s`` with no state kept here. A client cannot move it:
+    the multipart upload it completes was started under the key this id names."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return UUID(int=value)
+
+
+def upload_started(upload_id: UUID) -> float | None:
+    """When the upload ``upload_id`` started (``time.time()``), if this file store named it."""
+    return (upload_id.int >> 80) / 1000 if upload_id.version == 7 else None
+
+
 def upload_key(project: str, upload_id: UUID) -> str:
     """Where a direct upload's bytes go: derived, never taken from the client, so an upload
     id names nothing outside its project."""
@@ -99,7 +125,7 @@ async def start_upload(
     if data.size > settings.max_file_bytes:
         raise PayloadTooLarge(f"{data.path} is larger than {settings.max_file_bytes} bytes")
     direct = _direct(blobs, settings.direct_uploads, "uploads")
-    upload_id = uuid4()
+    upload_id = new_upload_id()
     multipart_id = await anyio.to_thread.run_sync(
         direct.start_upload, upload_key(project, upload_id)
     )
@@ -151,11 +177,22 @@ async def complete_upload(
     anyway; S3's CRC32s make sure the bytes kept are the bytes the client hashed, and every
     pull checks the SHA-256 again before a file reaches its reader. What the claim can never
     do is reach content of another project: the path reads this upload's object, unless the
-    project holds that content already (then it is kept once)."""
+    project holds that content already (then it is kept once).
+
+    Completing again an upload that completed answers the same (a client whose answer was
+    lost sends it again); one started over ``upload_max_age_s`` ago is refused with 410."""
     check_file_path(data.path)
     direct = _direct(blobs, settings.direct_uploads, "uploads")
     key = upload_key(where[0], upload_id)
     crc32s = [part.crc32 for part in data.parts]
+    started = upload_started(upload_id)
+    if started is None:
+        raise UploadExpired(f"{data.path}: {upload_id} is no upload this file store started")
+    try:
+        check_age(started=started, max_age_s=settings.upload_max_age_s, path=data.path)
+    except UploadExpired:
+        await anyio.to_thread.run_sync(direct.discard, key, data.multipart_id)
+        raise
 
     def finish() -> None:
         try:
@@ -163,9 +200,7 @@ async def complete_upload(
                 key, data.multipart_id, [(part.etag, part.crc32) for part in data.parts]
             )
         except UploadNotFound:
-            raise InvalidInput(
-                "upload_id", f"{data.path}: nothing was uploaded for {upload_id}"
-            ) from None
+            raise
         except PartsRejected as exc:
             direct.discard(key, data.multipart_id)
             raise InvalidInput(
@@ -190,7 +225,18 @@ async def complete_upload(
                 extra={"key": key},
             )
 
-    await anyio.to_thread.run_sync(finish)
+    try:
+        await anyio.to_thread.run_sync(finish)
+    except UploadNotFound:
+        done = (await entries_at(session, where, [data.path])).get(data.path)
+        if done is not None and (done.sha256, done.size) == (data.sha256, data.size):
+            return to_read(done)  # completed already: this is a completion sent again
+        raise InvalidInput(
+            "upload_id", f"{data.path}: nothing was uploaded for {upload_id}"
+        ) from None
+    # Locked against the collector until committed (``files/commit_locks.py``).
+    await session.rollback()
+    await lock_names(session, [data.sha256, key])
     # Another project's copy of the same digest is no proof that these bytes are it.
     content = (await held(session, where[0], {data.sha256})).get(data.sha256)
     if content is not None and content.size == data.size:  # this project's own: kept once
@@ -269,6 +315,7 @@ async def store_pack(
 ) -> list[FileRead]:
     """Store every file of a tar pack, or none of them. A pack kept whole is named by its
     project: its bytes are that project's, and presigned URLs of it go to no other."""
+    started = time.time()
     scratch = settings.data_dir.resolve() / "uploads"
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
         pack = Path(folder) / "pack.tar"
@@ -280,6 +327,7 @@ async def store_pack(
                     raise PayloadTooLarge(f"a pack holds at most {settings.pack_max_bytes} bytes")
                 await anyio.to_thread.run_sync(out.write, chunk)
         members = await anyio.to_thread.run_sync(_unpack, pack, settings.pack_max_files)
+        check_age(started=started, max_age_s=settings.upload_max_age_s, path="the pack")
         blobs_in_pack = {  # each content once, however many paths it has
             m.content.sha256: PackMember(m.content.sha256, m.offset, m.content.size)
             for m in members
@@ -287,7 +335,15 @@ async def store_pack(
         key = await anyio.to_thread.run_sync(
             blobs.put_pack, pack, list(blobs_in_pack.values()), where[0]
         )
-    if key is not None:
+    # Locked against the collector until committed (``files/commit_locks.py``): members
+    # found stored (a local store keeps each content once) must still be there.
+    await session.rollback()
+    await lock_names(session, blobs_in_pack)
+    if key is None:
+        for blob in blobs_in_pack.values():
+            if not await anyio.to_thread.run_sync(blobs.exists, blob.sha256):
+                raise ServiceUnavailable("a file of the pack was removed meanwhile; send again")
+    else:
         for blob in blobs_in_pack.values():
             place(session, blob.sha256, Placement(key, blob.offset, blob.size))
     entries = await record_many(

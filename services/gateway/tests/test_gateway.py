@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.builder.tests.conftest import GREETER, SERVICE, Platform, greeter, wait_for
-from services.builder.tests.test_builds import build
-from services.builder.tests.test_deployments import publish
+from modelcloud_testing.deployments import build, publish
+from modelcloud_testing.platforms import GREETER, SERVICE, Platform, greeter
+from modelcloud_testing.polling import wait_for
 from services.common.events.local import LocalBus
 from services.gateway.main import create_app
 from services.gateway.settings import GatewaySettings

@@ -18,16 +18,16 @@ from fastapi import FastAPI
 from modelcloud_proto.events import Envelope, VersionOnline
 from modelcloud_proto.replica_keys import REPLICA_KEY_HEADER, version_key
 from modelcloud_proto.specs import Device
+from modelcloud_testing.deployments import build, publish
+from modelcloud_testing.platforms import GREETER, Platform, running_builder
+from modelcloud_testing.polling import wait_for
+from modelcloud_testing.registries import Registry
 from services.builder.settings import BuilderSettings
-from services.builder.tests.conftest import GREETER, Platform, running_builder, wait_for
-from services.builder.tests.test_builds import build
-from services.builder.tests.test_deployments import publish
 from services.embedded import _replica_key
 from services.gateway import tables
 from services.gateway.main import create_app
 from services.gateway.routing import Route, RoutingTable
 from services.gateway.settings import GatewaySettings
-from services.registry.tests.support import Registry
 
 pytestmark = pytest.mark.timeout(600)
 MODEL = "/models/vision/greeter"

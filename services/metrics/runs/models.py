@@ -94,6 +94,10 @@ class RunCreate(BaseModel):
                 raise ValueError(f"parameter name {key[:40]!r} must be 1-200 printable characters")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"parameter {key!r} is {value}: only finite numbers")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                # Stored as a JSON number: past 64 bits, PostgreSQL, JavaScript (the runs
+                # page) and most clients would read back another number, or none.
+                raise ValueError(f"parameter {key!r} is past 64 bits: send it as a string")
         return params
 
 

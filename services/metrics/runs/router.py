@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from services.common.access import access_to
-from services.common.problems import InvalidInput
-from services.metrics.deps import Name, SessionDep
+from services.common.problems import InvalidInput, conflict
+from services.metrics.deps import Name, SessionDep, StateDep
 from services.metrics.runs import service
 from services.metrics.runs.live import LiveHub
 from services.metrics.runs.models import (
@@ -30,12 +30,16 @@ router = APIRouter(prefix="/v1/projects/{project}/runs", tags=["runs"])
 KEEP_ALIVE_S = 15.0
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=conflict("a run with that id exists, with other contents"),
+)
 async def create_run(
-    project: Name, data: RunCreate, request: Request, session: SessionDep
+    project: Name, data: RunCreate, request: Request, state: StateDep, session: SessionDep
 ) -> RunRead:
     access = await access_to(request, project, "write")
-    return await service.create_run(session, project, access.user, data, request.app.state.live)
+    return await service.create_run(session, project, access.user, data, state.live)
 
 
 @router.get("")
@@ -99,12 +103,12 @@ async def compare_runs(
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def live_updates(project: Name, request: Request) -> StreamingResponse:
+async def live_updates(project: Name, request: Request, state: StateDep) -> StreamingResponse:
     """Server-Sent Events as runs change: ``points`` (``{run, points: [[key, step, value]]}``),
     ``run`` (a run created or changed), ``reload`` (a run's series grew by a big batch) and
     ``resync`` (this reader fell behind: reload everything)."""
     access = await access_to(request, project, "read")
-    hub: LiveHub = request.app.state.live
+    hub: LiveHub = state.live
     reader = hub.join(project, access.user)
 
     async def events() -> AsyncIterator[str]:
@@ -142,11 +146,16 @@ async def get_run(project: Name, run_id: UUID, request: Request, session: Sessio
 
 @router.patch("/{run_id}")
 async def update_run(
-    project: Name, run_id: UUID, data: RunUpdate, request: Request, session: SessionDep
+    project: Name,
+    run_id: UUID,
+    data: RunUpdate,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
 ) -> RunRead:
     access = await access_to(request, project, "write")
     run = await service.own_run(session, project, access.user, run_id)
-    return await service.update_run(session, run, data, request.app.state.live)
+    return await service.update_run(session, run, data, state.live)
 
 
 @router.post("/{run_id}/params")
@@ -165,12 +174,17 @@ async def log_params(
 
 @router.post("/{run_id}/metrics")
 async def log_metrics(
-    project: Name, run_id: UUID, batch: PointBatch, request: Request, session: SessionDep
+    project: Name,
+    run_id: UUID,
+    batch: PointBatch,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
 ) -> IngestResult:
     access = await access_to(request, project, "write")
     run = await service.own_run(session, project, access.user, run_id)
-    limit = request.app.state.settings.max_points_per_call
-    return await service.ingest(session, run, batch, limit, request.app.state.live)
+    limit = state.settings.max_points_per_call
+    return await service.ingest(session, run, batch, limit, state.live)
 
 
 @router.get("/{run_id}/metrics/{key:path}")

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from modelcloud_testing.registries import Registry, make_service, running_registry
 from services.common.events.local import LocalBus
 from services.metrics.main import create_app
 from services.metrics.settings import MetricsSettings
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import Registry, make_service, running_registry
 
 
 @dataclass

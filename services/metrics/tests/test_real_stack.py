@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from modelcloud_testing.servers import fresh_postgres_database
 from services.metrics.tests import test_runs as runs
 from services.metrics.tests.conftest import tracker_on
-from services.registry.tests.support import fresh_postgres_database
 
 pytestmark = pytest.mark.postgres
 

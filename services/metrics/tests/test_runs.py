@@ -10,7 +10,9 @@ from uuid import uuid4
 
 import httpx
 
+from services.common.runtime import service_state
 from services.metrics.runs.service import mark_quiet_runs_crashed
+from services.metrics.state import MetricsState
 from services.metrics.tests.conftest import Tracker
 
 RUNS = "/v1/projects/vision/runs"
@@ -161,7 +163,7 @@ async def test_each_user_sees_only_their_own_runs_unless_shared(tracker: Tracker
     assert shared.json()["shared"] is True
     assert {r["name"] for r in (await tracker.grace.get(RUNS)).json()} == {"ada's", "grace's"}
     assert (await tracker.grace.get(f"{RUNS}/{mine['id']}")).status_code == 200
-    reader = tracker.app.state.live.join("vision", "grace")
+    reader = service_state(tracker.app, MetricsState).live.join("vision", "grace")
     unshared = await tracker.ada.patch(f"{RUNS}/{mine['id']}", json={"shared": False})
     assert unshared.json()["shared"] is False
     told = reader.queue.get_nowait()  # the page of someone who could see it hears it went
@@ -224,7 +226,7 @@ async def test_bad_input_gets_a_clear_answer_and_changes_nothing(tracker: Tracke
 
 async def test_runs_that_fall_silent_are_marked_crashed(tracker: Tracker) -> None:
     run = await start(tracker.ada, "killed")
-    async with tracker.app.state.sessions() as session:
+    async with service_state(tracker.app, MetricsState).database.sessions() as session:
         assert await mark_quiet_runs_crashed(session, quiet_for_s=3600) == 0
         assert await mark_quiet_runs_crashed(session, quiet_for_s=0) == 1
     crashed = (await tracker.ada.get(f"{RUNS}/{run['id']}")).json()

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Body, status
 
-from services.common.problems import Forbidden
+from services.common.problems import Forbidden, conflict
 from services.registry.accounts import service
 from services.registry.accounts.models import (
     TokenCreate,
@@ -25,7 +25,7 @@ async def me(user: CurrentUser) -> UserRead:
     return UserRead.model_validate(user, from_attributes=True)
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED)
+@router.post("/users", status_code=status.HTTP_201_CREATED, responses=conflict("the name is taken"))
 async def create_user(data: UserCreate, user: CurrentUser, uow: UnitOfWorkDep) -> UserRead:
     if not user.is_admin:
         raise Forbidden("only admins create users")

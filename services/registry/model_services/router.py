@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, status
 
+from services.common.problems import conflict
 from services.registry.deps import CurrentUser, SettingsDep, UnitOfWorkDep
 from services.registry.model_services import service
 from services.registry.model_services.models import ServiceCreate, ServiceRead, ServiceUpdate
@@ -10,7 +11,11 @@ from services.registry.names import Name
 router = APIRouter(prefix="/v1/projects/{project}/services", tags=["services"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=conflict("the name or the port is taken"),
+)
 async def register_service(
     project: Name,
     data: ServiceCreate,

@@ -6,7 +6,7 @@ from pydantic import HttpUrl
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from modelcloud_proto.events import ServiceRegistered
+from modelcloud_proto.events import ServiceRegistered, ServiceVisibilityChanged
 from modelcloud_proto.specs import PerformanceNotes, ServiceLinks
 from services.common.problems import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from services.registry.accounts.models import User
@@ -131,8 +131,20 @@ async def update_service(
     project, service = await get_service_for(
         uow=uow, user=user, project_name=project_name, name=name, needed=Role.WRITE
     )
+    was_public = service.public
     for key, value in data.model_dump(mode="json", exclude_unset=True, exclude_none=True).items():
         setattr(service, key, value)
+    if service.public != was_public:
+        # Staged with the change itself: a gateway that missed it would keep answering the
+        # service's calls for any token (or refuse them) until it restarted.
+        uow.emit(
+            ServiceVisibilityChanged(
+                project=project.name,
+                service_id=service.id,
+                service=service.name,
+                public=service.public,
+            )
+        )
     await uow.commit()
     return to_read(service, project=project, group=await _group_of(uow=uow, service=service))
 

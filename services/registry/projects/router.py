@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, status
 
+from services.common.problems import conflict
 from services.registry.deps import CurrentUser, UnitOfWorkDep
 from services.registry.names import Name
 from services.registry.projects import service
@@ -18,7 +19,7 @@ from services.registry.projects.models import (
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=conflict("the name is taken"))
 async def create_project(data: ProjectCreate, user: CurrentUser, uow: UnitOfWorkDep) -> ProjectRead:
     return await service.create_project(uow=uow, user=user, data=data)
 
@@ -48,7 +49,10 @@ async def list_members(
     return await service.list_members(uow=uow, user=user, project_name=project)
 
 
-@router.put("/{project}/members/{member}")
+@router.put(
+    "/{project}/members/{member}",
+    responses=conflict("the change would leave the project without an admin"),
+)
 async def set_member(
     project: Name, member: Name, data: MembershipSet, user: CurrentUser, uow: UnitOfWorkDep
 ) -> MembershipRead:
@@ -57,7 +61,11 @@ async def set_member(
     )
 
 
-@router.post("/{project}/groups", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{project}/groups",
+    status_code=status.HTTP_201_CREATED,
+    responses=conflict("the name is taken"),
+)
 async def create_group(
     project: Name, data: GroupCreate, user: CurrentUser, uow: UnitOfWorkDep
 ) -> GroupRead:

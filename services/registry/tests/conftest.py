@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from modelcloud_testing.registries import Registry, running_registry
+from modelcloud_testing.servers import fresh_postgres_database
 from services.common.events.local import LocalBus
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import Registry, fresh_postgres_database, running_registry
 
 
 @pytest.fixture

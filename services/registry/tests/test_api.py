@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from services.registry.accounts import service as accounts_service
-from services.registry.tests.support import (
+from modelcloud_testing.registries import (
     Registry,
     example_bundle,
     make_service,
     tar_bundle,
     upload_version,
 )
+from services.registry.accounts import service as accounts_service
 
 PROBLEM = "application/problem+json"
 
@@ -328,17 +328,18 @@ async def test_an_unknown_project_is_named_in_the_404(
 
 
 async def test_service_registration_errors(registry: Registry) -> None:
-    first = await make_service(registry.client, port=23456)
-    assert first["port"] == 23456
+    port = registry.settings.service_port_min + 56  # in this test process's share
+    first = await make_service(registry.client, port=port)
+    assert first["port"] == port
     client = registry.client
     taken_name = await client.post(
         "/v1/projects/vision/services", json={"name": "classifier", "group": "default"}
     )
     assert_problem(taken_name, 409)
     taken_port = await client.post(
-        "/v1/projects/vision/services", json={"name": "x", "group": "default", "port": 23456}
+        "/v1/projects/vision/services", json={"name": "x", "group": "default", "port": port}
     )
-    assert "port 23456" in assert_problem(taken_port, 409)["detail"]
+    assert f"port {port}" in assert_problem(taken_port, 409)["detail"]
     no_group = await client.post(
         "/v1/projects/vision/services", json={"name": "x", "group": "nope"}
     )

@@ -18,9 +18,11 @@ from modelcloud_proto.events import (
     Replica,
 )
 from modelcloud_proto.specs import Device
+from modelcloud_testing.registries import Registry, make_service, upload_version
 from services.common.events.outbox import OutboxEvent
+from services.common.runtime import service_state
 from services.registry.projects.models import Project
-from services.registry.tests.support import Registry, make_service, upload_version
+from services.registry.state import RegistryState
 from services.registry.unit_of_work import UnitOfWork
 from services.registry.versions.models import ServiceVersion
 
@@ -32,20 +34,26 @@ class Recorder:
 
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
+        self._arrived = asyncio.Condition()
 
     async def __call__(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
+        async with self._arrived:
+            self.envelopes.append(envelope)
+            self._arrived.notify_all()
 
     def types(self) -> list[str]:
         return [e.type for e in self.envelopes]
+
+    def _of_type(self, event_type: str) -> list[Envelope]:
+        return [e for e in self.envelopes if e.type == event_type]
 
     async def wait_for(
         self, event_type: str, count: int = 1, timeout: float = 10
     ) -> list[Envelope]:
         async def seen() -> list[Envelope]:
-            while len(found := [e for e in self.envelopes if e.type == event_type]) < count:
-                await asyncio.sleep(0.02)
-            return found
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self._of_type(event_type)) >= count)
+            return self._of_type(event_type)
 
         return await asyncio.wait_for(seen(), timeout)
 
@@ -198,7 +206,7 @@ class Crash(Exception):
 
 
 async def outbox_rows(registry: Registry, event_type: str) -> list[OutboxEvent]:
-    async with registry.app.state.sessions() as session:
+    async with service_state(registry.app, RegistryState).database.sessions() as session:
         query = select(OutboxEvent).where(OutboxEvent.type == event_type)
         return list((await session.exec(query)).all())
 
@@ -268,7 +276,7 @@ async def check_state_change_and_event_kept_or_lost_together(
     async def marked_sent(event_id: uuid.UUID) -> None:
         # The consumer may see the event before the relay's own commit marks the row.
         while True:
-            async with registry.app.state.sessions() as session:
+            async with service_state(registry.app, RegistryState).database.sessions() as session:
                 query = select(OutboxEvent).where(OutboxEvent.event_id == event_id)
                 if (await session.exec(query)).one().published_at is not None:
                     return

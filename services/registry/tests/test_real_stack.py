@@ -13,23 +13,22 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from sqlmodel import select
 
 from modelcloud_proto.events import BuildSucceeded, DeploymentReady, Envelope, Replica
 from modelcloud_proto.specs import Device
+from modelcloud_testing.registries import Registry, make_service, running_registry, upload_version
+from modelcloud_testing.servers import RABBITMQ
 from services.common.database import SessionFactory
 from services.common.events.bus import Handler
 from services.common.events.consumer import EventHandler, idempotent
+from services.common.events.outbox import OutboxEvent
 from services.common.events.rabbitmq import RabbitBus
+from services.common.runtime import service_state
 from services.registry import consumers
 from services.registry import main as registry_main
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import (
-    RABBITMQ,
-    Registry,
-    make_service,
-    running_registry,
-    upload_version,
-)
+from services.registry.state import RegistryState
 from services.registry.tests.test_api import assert_problem
 from services.registry.tests.test_lifecycle import (
     VERSIONS,
@@ -110,13 +109,31 @@ async def test_broker_down_between_commit_and_publish_loses_no_event(
     real_registry: Registry,
 ) -> None:
     recorder = await record(real_registry)
+    attempts_seen = 0
+
+    async def count_attempts() -> None:
+        nonlocal attempts_seen
+        database = service_state(real_registry.app, RegistryState).database
+        while True:
+            async with database.session() as session:
+                rows = (await session.exec(select(OutboxEvent))).all()
+                attempts_seen = sum(
+                    row.attempts
+                    for row in rows
+                    if row.type == "registry.project.created" and row.published_at is None
+                )
+            await asyncio.sleep(0.1)
+
+    counting = asyncio.create_task(count_attempts())
     rabbitmqctl("stop_app")
     try:
         created = await real_registry.client.post("/v1/projects", json={"name": "during-outage"})
         assert created.status_code == 201  # the state change commits with its event
-        await asyncio.sleep(1)
+        # The relay tried, was refused, and recorded its attempt; nothing went out.
+        await until(lambda: attempts_seen > 0)
         assert "registry.project.created" not in recorder.types()
     finally:
+        counting.cancel()
         rabbitmqctl("start_app")
     (envelope,) = await recorder.wait_for("registry.project.created", timeout=60)
     assert envelope.data["name"] == "during-outage"
@@ -241,7 +258,7 @@ async def test_poison_and_failing_messages_land_in_the_dead_letter_queue(
 
     async def both_dead() -> None:
         while True:
-            bodies = await real_registry.bus.dead_letters(consumers.QUEUE)
+            bodies = [d.body for d in await real_registry.bus.dead_letters(consumers.QUEUE)]
             if sum(marker.encode() in body for body in bodies) == 2:
                 return
             await asyncio.sleep(0.2)

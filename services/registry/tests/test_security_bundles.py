@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from modelcloud_testing.registries import Registry, make_service, tar_bundle, upload_version
 from services.registry.bundles.archive import BundleRejected, check_bundle
 from services.registry.interfaces.build_file import BuildFileRejected, parse_build_file
-from services.registry.tests.support import Registry, make_service, tar_bundle, upload_version
 
 SOURCE = b"import modelcloud\n"
 HEALTHZ_S = 3.0  # the slowest /healthz answer accepted while an attack is processed

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.registry.tests.support import Registry, make_service
+from modelcloud_testing.registries import Registry, make_service
 
 PROBLEM = "application/problem+json"
 MEMBERS = "/v1/projects/vision/members"
@@ -63,6 +63,14 @@ async def test_an_admin_steps_down_once_another_admin_is_there(registry: Registr
 # ---------------------------------------------------------------- service ports
 
 
+@pytest.fixture(autouse=True)
+def whole_replica_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default range (a parallel test run gives each process a share of it), which
+    these tests name; they start no replica."""
+    monkeypatch.delenv("REGISTRY_SERVICE_PORT_MIN", raising=False)
+    monkeypatch.delenv("REGISTRY_SERVICE_PORT_MAX", raising=False)
+
+
 @pytest.mark.parametrize(
     "port",
     [
@@ -92,9 +100,9 @@ async def test_a_service_cannot_register_a_platform_port(registry: Registry, por
 
 async def test_the_all_in_one_ports_are_refused_inside_the_range(tmp_path: Any) -> None:
     # `modelcloud up --port 20000` puts the gateway and its services at 20000-20004.
+    from modelcloud_testing.registries import running_registry
     from services.common.events.local import LocalBus
     from services.registry.settings import RegistrySettings
-    from services.registry.tests.support import running_registry
 
     bus = LocalBus(tmp_path / "events.db")
     await bus.start()
@@ -124,9 +132,9 @@ async def test_ports_inside_the_replica_range_are_still_accepted(registry: Regis
 async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     tmp_path: Any, postgres_url: str
 ) -> None:
+    from modelcloud_testing.registries import running_registry
     from services.common.events.local import LocalBus
     from services.registry.settings import RegistrySettings
-    from services.registry.tests.support import running_registry
 
     bus = LocalBus(tmp_path / "events.db")
     await bus.start()

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from modelcloud_testing.registries import Registry, make_service, running_registry
 from services.common.database import create_engine
 from services.common.events.local import LocalBus
 from services.common.migrations import upgrade
+from services.common.runtime import service_state
 from services.registry.accounts import service as accounts_service
 from services.registry.accounts.models import ServiceRole
 from services.registry.accounts.service_roles import ALLOWED
@@ -23,7 +25,7 @@ from services.registry.admin import (
 )
 from services.registry.main import MIGRATIONS
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import Registry, make_service, running_registry
+from services.registry.state import RegistryState
 from services.registry.tests.test_api import (
     OUTSIDER_REQUESTS,
     assert_problem,
@@ -187,7 +189,7 @@ async def test_a_retired_admin_account_keeps_no_rights(registry: Registry) -> No
 
     assert await retire_token_owner(registry.settings, old)
     assert_problem(await registry.client.get("/v1/projects", headers=as_old), 401)
-    async with registry.app.state.sessions() as session:
+    async with service_state(registry.app, RegistryState).database.sessions() as session:
         user = await accounts_service.get_user_by_name_or_raise(session=session, name="platform")
         assert user.is_admin is False
         assert all(

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
 
-from services.common.problems import InvalidInput, NotFound
+from services.common.problems import InvalidInput, NotFound, conflict
 from services.registry.bundles.archive import BundleRejected, receive_bundle
-from services.registry.deps import CurrentUser, SettingsDep, UnitOfWorkDep
+from services.registry.deps import CurrentUser, SettingsDep, StateDep, UnitOfWorkDep
 from services.registry.names import Name
 from services.registry.versions import service
 from services.registry.versions.models import AliasRead, AliasSet, PublishRequest, VersionRead
@@ -20,13 +20,17 @@ router = APIRouter(prefix="/v1/projects/{project}/services/{name}", tags=["versi
 _CHUNK = 1 << 20
 
 
-@router.post("/versions", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/versions",
+    status_code=status.HTTP_201_CREATED,
+    responses=conflict("the version exists already"),
+)
 async def register_version(
     project: Name,
     name: Name,
     version: Annotated[str, Form(description="letters, digits, '.', '+', '-'; no '_'")],
     bundle: Annotated[UploadFile, File(description="the code folder as .tar or .tar.gz")],
-    request: Request,
+    state: StateDep,
     user: CurrentUser,
     uow: UnitOfWorkDep,
     settings: SettingsDep,
@@ -51,7 +55,7 @@ async def register_version(
             upload=target,
             sha256=sha256,
             size=size,
-            store=request.app.state.bundles,
+            store=state.bundles,
         )
 
 
@@ -79,19 +83,23 @@ async def get_version(
 
 @router.get("/versions/{version}/bundle", response_class=FileResponse)
 async def download_bundle(
-    project: Name, name: Name, version: str, request: Request, user: CurrentUser, uow: UnitOfWorkDep
+    project: Name, name: Name, version: str, state: StateDep, user: CurrentUser, uow: UnitOfWorkDep
 ) -> FileResponse:
     _, _, row = await service.get_version_for(
         uow=uow, user=user, project_name=project, service_name=name, version=version
     )
     try:
-        path = request.app.state.bundles.path_of(row.bundle_sha256)
+        path = state.bundles.path_of(row.bundle_sha256)
     except KeyError:
         raise NotFound(f"the bundle of version {version!r} is missing from the store") from None
     return FileResponse(path, media_type="application/x-tar", filename=f"{name}-{version}.tar")
 
 
-@router.post("/versions/{version}/build", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/versions/{version}/build",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=conflict("the version is not in a state to build"),
+)
 async def build(
     project: Name, name: Name, version: str, user: CurrentUser, uow: UnitOfWorkDep
 ) -> VersionRead:
@@ -100,7 +108,11 @@ async def build(
     )
 
 
-@router.post("/versions/{version}/publish", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/versions/{version}/publish",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=conflict("the version is not built"),
+)
 async def publish(
     project: Name,
     name: Name,
@@ -119,7 +131,11 @@ async def publish(
     )
 
 
-@router.post("/versions/{version}/offline", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/versions/{version}/offline",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=conflict("the version is not online"),
+)
 async def offline(
     project: Name, name: Name, version: str, user: CurrentUser, uow: UnitOfWorkDep
 ) -> VersionRead:

@@ -1,14 +1,13 @@
-"""Helpers for registry tests: a running app with its admin token, bundles to upload."""
+"""A registry running in-process with its admin token, and the bundles tests upload to it."""
 
 import io
-import os
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -18,9 +17,8 @@ from services.registry.admin import create_admin_user
 from services.registry.main import create_app
 from services.registry.settings import RegistrySettings
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "imagenet-classifier"
-POSTGRES = os.environ.get("MODELCLOUD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-RABBITMQ = os.environ.get("MODELCLOUD_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/")
+REPOSITORY = Path(__file__).resolve().parents[2]
+EXAMPLE = REPOSITORY / "examples" / "imagenet-classifier"
 
 
 @dataclass
@@ -105,29 +103,3 @@ async def upload_version(
         data={"version": version},
         files={"bundle": ("code.tar.gz", example_bundle() if bundle is None else bundle)},
     )
-
-
-async def postgres_databases(action: Literal["create", "drop"], names: list[str]) -> None:
-    """Create or drop PostgreSQL databases (dropping one that is in use, or gone, is fine)."""
-    import asyncpg
-
-    admin = await asyncpg.connect(f"{POSTGRES}/postgres")
-    try:
-        for name in names:
-            if action == "create":
-                await admin.execute(f'CREATE DATABASE "{name}"')
-            else:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@asynccontextmanager
-async def fresh_postgres_database() -> AsyncIterator[str]:
-    """A new PostgreSQL database (its SQLAlchemy URL), dropped afterwards."""
-    name = f"mc_test_{uuid.uuid4().hex[:12]}"
-    await postgres_databases("create", [name])
-    try:
-        yield f"postgresql+asyncpg://{POSTGRES.split('://', 1)[1]}/{name}"
-    finally:
-        await postgres_databases("drop", [name])

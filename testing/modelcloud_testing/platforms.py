@@ -1,11 +1,14 @@
-"""Builder fixtures: a real registry and a builder sharing one local bus, in-process; the
-venv backend builds real environments (their pip cache and built environments are shared
-by every test of the session, as a long-lived builder would share them)."""
+"""A real registry and builder sharing one local bus, in-process: the builder's and the
+gateway's tests run on it. The venv backend builds real environments; their pip cache, SDK
+wheels and built environments are shared by every test of a test process, as a long-lived
+builder would share them."""
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import os
+import subprocess
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -17,13 +20,18 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from modelcloud_testing.polling import INTERVAL_S
+from modelcloud_testing.registries import REPOSITORY, Registry, make_service, running_registry
+from modelcloud_testing.sdk_wheels import SdkWheelhouse
+from modelcloud_testing.workers import shared_temporary_root
 from services.builder.main import create_app
 from services.builder.settings import BuilderSettings
 from services.common.events.local import LocalBus
 from services.registry.settings import RegistrySettings
-from services.registry.tests.support import Registry, make_service, running_registry
 
 SERVICE = "/v1/projects/vision/services/greeter"
+BASE_IMAGE = "modelcloud/debian-python:3.11"
+INDEX_URL = "https://pypi.org/simple/"
 
 GREETER = """
 import os
@@ -68,12 +76,13 @@ class Platform:
 
     async def wait_state(self, version: str, *states: str, timeout: float = 240) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             found = await self.version(version)
             if found["state"] in states:
                 return found
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"version {version} still {found['state']}, wanted {states}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"version {version} still {found['state']}, wanted {states}")
+            await asyncio.sleep(INTERVAL_S)
 
     async def builds(self, version: str | None) -> list[dict[str, Any]]:
         """The service's builds, of one version or of all."""
@@ -88,21 +97,6 @@ class Platform:
             await self.builder.get("/v1/projects/vision/deployments")
         ).json()
         return body
-
-
-async def wait_for(check: Any, timeout: float = 60) -> Any:
-    """The first true value ``check()`` returns, polling; fails after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError("timed out")
-
-
-@pytest.fixture(scope="session")
-def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("builder-cache")
 
 
 @contextlib.asynccontextmanager
@@ -123,6 +117,14 @@ async def running_builder(
         yield app, client
 
 
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory: pytest.TempPathFactory, sdk_wheelhouse: SdkWheelhouse) -> Path:
+    """The builder cache of this test process, its SDK wheels already built."""
+    cache = tmp_path_factory.mktemp("builder-cache")
+    sdk_wheelhouse.install_into(cache / "wheelhouse")
+    return cache
+
+
 @pytest.fixture
 def builder_settings(tmp_path: Path, build_cache: Path) -> Callable[..., BuilderSettings]:
     def make(**extra: Any) -> BuilderSettings:
@@ -141,7 +143,8 @@ def builder_settings(tmp_path: Path, build_cache: Path) -> Callable[..., Builder
 
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
-    """A registry on a local bus, with project ``vision`` and service ``greeter`` (cpu)."""
+    """A registry on a local bus, with project ``vision`` and service ``greeter`` (cpu); the
+    registry's own tests replace it with a bare one."""
     bus = LocalBus(tmp_path / "events.db")
     await bus.start()
     try:
@@ -156,19 +159,18 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 async def platform(
     registry: Registry, builder_settings: Callable[..., BuilderSettings]
 ) -> AsyncIterator[Platform]:
+    """The venv backend (it makes no image: nothing to remove after it)."""
     settings = builder_settings(registry_token=registry.admin_token)
     async with running_builder(settings, registry) as (app, client):
         yield Platform(registry, app, client, settings)
-    _remove_test_images()
 
 
-BASE_IMAGE = "modelcloud/debian-python:3.11"
-INDEX_URL = "https://pypi.org/simple/"
-
-
-def _remove_test_images() -> None:
-    """The test's images (one repository per version id), so a test run leaves no gigabytes;
-    nothing to do where no Docker engine answers (venv tests on a machine without one)."""
+def remove_test_images(repository: str = "modelcloud") -> None:
+    """The images of a test's builder (``BUILDER_DOCKER_IMAGE_REPOSITORY``; one repository
+    per version id under it), so a test run leaves no gigabytes; nothing to do where no
+    Docker engine answers (venv tests on a machine without one). Every image under
+    ``repository`` but the base goes: the tests building into one repository share one test
+    process (an xdist group, ``workers.py``), so none is another process's image in use."""
     import docker
 
     with warnings.catch_warnings():
@@ -182,7 +184,7 @@ def _remove_test_images() -> None:
             gc.collect()
             return
     try:
-        for image in client.images.list(name="modelcloud/*"):
+        for image in client.images.list(name=f"{repository}/*"):
             for tag in image.tags:
                 if tag.split(":", 1)[0] != BASE_IMAGE.split(":", 1)[0]:
                     with contextlib.suppress(docker.errors.APIError):
@@ -191,22 +193,22 @@ def _remove_test_images() -> None:
         client.close()
 
 
-REPOSITORY = Path(__file__).resolve().parents[3]
-
-
 @pytest.fixture(scope="session")
-def docker_base_image() -> str:
+def docker_base_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The Debian + Python 3.11 base image, built from Debian's packages when missing (no
     container registry is reachable here)."""
-    import subprocess
-
     import docker
 
+    # Two test processes may both find it missing on a fresh machine: one builds it.
+    lock = shared_temporary_root(tmp_path_factory) / "docker-base-image.lock"
     client = docker.from_env()
     try:
-        client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        subprocess.run([REPOSITORY / "deploy" / "base-image.sh", BASE_IMAGE], check=True)
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                client.images.get(BASE_IMAGE)
+            except docker.errors.ImageNotFound:
+                subprocess.run([REPOSITORY / "deploy" / "base-image.sh", BASE_IMAGE], check=True)
     finally:
         client.close()
     return BASE_IMAGE
@@ -231,4 +233,4 @@ async def docker_platform(
     )
     async with running_builder(settings, registry) as (app, client):
         yield Platform(registry, app, client, settings)
-    _remove_test_images()
+    remove_test_images()
