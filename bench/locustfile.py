@@ -13,11 +13,15 @@ hands over what the users need in the environment (a token is kept off the comma
 
 Every answer is checked (status and body), and a failure is recorded as
 ``<status> <first 200 characters of the body>`` so that a 5xx names its route and says why.
+A body that does not parse, or lacks what the check reads, is a failed request too (not an
+exception, which locust would count apart from the requests).
 """
 
 import itertools
 import os
 import random
+from collections.abc import Callable
+from typing import Any
 
 from locust import FastHttpUser, constant, constant_throughput, task
 
@@ -32,9 +36,16 @@ STEPS_PER_WRITE = 5
 _user_numbers = itertools.count(1)
 
 
-def _why(status: int, body: str | bytes | None) -> str:
+def _excerpt(body: str | bytes | None) -> str:
     text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
-    return f"{status} {text[:200]}"
+    return text[:200]
+
+
+def _why(status: int, body: str | bytes | None) -> str:
+    return f"{status} {_excerpt(body)}"
+
+
+Judge = Callable[[Any], str | None]  # a parsed body -> what is wrong with it, or None
 
 
 class PlatformUser(FastHttpUser):
@@ -50,32 +61,28 @@ class PlatformUser(FastHttpUser):
         self.number = next(_user_numbers)
         self.step = 0
         self.run_id = ""
-        with self.client.post(
+        created = self._checked(
+            "POST",
             f"/v1/projects/{PROJECT}/runs",
-            json={"name": f"soak-user-{self.number}", "experiment": "soak"},
-            headers=self.client_headers,
             name="tracker: create run",
-            catch_response=True,
-        ) as answer:
-            if answer.status_code != 201:
-                answer.failure(_why(answer.status_code, answer.content))
-                return
-            self.run_id = answer.json()["id"]
+            json={"name": f"soak-user-{self.number}", "experiment": "soak"},
+            status=201,
+            judge=lambda body: None if isinstance(body["id"], str) and body["id"] else "no run id",
+        )
+        if created is not None:
+            self.run_id = created["id"]
 
     @task(70)
     def call_model(self) -> None:
         name = random.choice(("ada", "grace", "edsger", "barbara"))
-        with self.client.post(
+        expected = {"message": f"hello, {name}"}
+        self._checked(
+            "POST",
             f"/models/{PROJECT}/{SERVICE}/v1/greet",
-            json={"name": name},
-            headers=self.client_headers,
             name="model: POST greet",
-            catch_response=True,
-        ) as answer:
-            if answer.status_code != 200:
-                answer.failure(_why(answer.status_code, answer.content))
-            elif answer.json() != {"message": f"hello, {name}"}:
-                answer.failure(f"200 with a wrong answer: {answer.text[:200]}")
+            json={"name": name},
+            judge=lambda body: None if body == expected else "a wrong answer",
+        )
 
     @task(10)
     def list_services(self) -> None:
@@ -95,21 +102,49 @@ class PlatformUser(FastHttpUser):
             key: {"steps": steps, "values": [1.0 / (step + i + 1) for step in steps]}
             for i, key in enumerate(METRICS)
         }
-        with self.client.post(
+        self._checked(
+            "POST",
             f"/v1/projects/{PROJECT}/runs/{self.run_id}/metrics",
-            json={"series": series},
-            headers=self.client_headers,
             name="tracker: POST metrics",
-            catch_response=True,
-        ) as answer:
-            if answer.status_code != 200:
-                answer.failure(_why(answer.status_code, answer.content))
+            json={"series": series},
+        )
 
     def _read(self, path: str, name: str) -> None:
-        with self.client.get(
-            path, headers=self.client_headers, name=name, catch_response=True
+        self._checked(
+            "GET",
+            path,
+            name=name,
+            judge=lambda body: None if isinstance(body, list) and body else "an empty or odd list",
+        )
+
+    def _checked(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str,
+        json: Any = None,
+        status: int = 200,
+        judge: Judge | None = None,
+    ) -> Any:
+        """One request, counted as failed unless it answers ``status`` and, with ``judge``,
+        a JSON body ``judge`` finds nothing wrong with; that body, or None when it failed."""
+        with self.client.request(
+            method, path, json=json, headers=self.client_headers, name=name, catch_response=True
         ) as answer:
-            if answer.status_code != 200:
+            if answer.status_code != status:
                 answer.failure(_why(answer.status_code, answer.content))
-            elif not isinstance(answer.json(), list) or not answer.json():
-                answer.failure(f"200 with an empty or odd list: {answer.text[:200]}")
+                return None
+            if judge is None:
+                return None
+            # Raised inside catch_response, these would escape locust's request count (it
+            # re-raises anything but its own errors): a bad body is a failed request.
+            try:
+                body = answer.json()
+                problem = judge(body)
+            except (ValueError, KeyError, TypeError, IndexError) as error:
+                problem = f"an unreadable body ({type(error).__name__}: {error})"
+            if problem is not None:
+                answer.failure(f"{status} with {problem}: {_excerpt(answer.content)}")
+                return None
+            return body

@@ -222,11 +222,13 @@ def dlq_show(
         await _known_queue(bus, queue, broker_url)
         for letter in await bus.dead_letters(queue, limit=limit):
             typer.echo(
-                f"{letter.id}  {letter.type or '(not an envelope)'}  {letter.reason}  "
-                f"deliveries={letter.deliveries}"
+                _printable(
+                    f"{letter.id}  {letter.type or '(not an envelope)'}  {letter.reason}  "
+                    f"deliveries={letter.deliveries}"
+                )
             )
             if body:
-                typer.echo(letter.body[:_MAX_BODY_BYTES].decode(errors="replace"))
+                typer.echo(_printable(letter.body[:_MAX_BODY_BYTES].decode(errors="replace")))
 
     _on_bus(data_dir, broker_url, show)
 
@@ -307,6 +309,12 @@ def _on_bus(
     except (BusUnavailable, ConnectionError) as exc:  # a broker gone mid-way: no traceback
         typer.echo(f"the event bus is unavailable: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` for an operator's terminal: a dead letter is whatever a publisher sent, and
+    its control characters (escape sequences) are shown escaped, never obeyed."""
+    return "".join(c if c.isprintable() or c in "\n\t" else ascii(c)[1:-1] for c in text)
 
 
 async def _known_queue(bus: "EventBus", queue: str, broker_url: str | None) -> None:

@@ -5,61 +5,18 @@ synchronous command already running finishes with its result thrown away.
 The server runs under uvicorn on a real socket, since only a real connection can close."""
 
 import asyncio
-import socket
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from modelcloud import Model
 from modelcloud._files import FilePolicy
 from modelcloud._runtime import ModelRuntime
 from modelcloud._server import create_app
 from modelcloud.data_types import text
-
-
-@asynccontextmanager
-async def listening(runtime: ModelRuntime) -> AsyncIterator[int]:
-    """The model server on a free port of 127.0.0.1 (the port), stopped afterwards."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()  # accepted by the kernel from now on: no need to wait for the start
-    config = uvicorn.Config(
-        create_app(runtime), log_level="warning", lifespan="off", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
-
-
-async def leave_after_sending(port: int, command: str, body: bytes) -> asyncio.StreamWriter:
-    """A caller that sends its call whole, then closes the connection without an answer."""
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"POST /{command} HTTP/1.1\r\nHost: model\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    await writer.drain()
-    return writer
-
-
-async def until(check: Callable[[], bool], timeout: float = 5) -> bool:
-    """Whether ``check()`` came true within ``timeout`` s (the server's own state)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+from modelcloud_testing.polling import came_true
+from modelcloud_testing.serving import leave_after_sending, listening
 
 
 def runtime_of(model: Model, tmp_path: Path) -> ModelRuntime:
@@ -90,15 +47,15 @@ async def test_a_queued_call_whose_caller_left_never_runs(tmp_path: Path) -> Non
         return {"done": inputs["name"]}
 
     runtime = runtime_of(model, tmp_path)
-    async with listening(runtime) as port, httpx.AsyncClient(timeout=30) as client:
+    async with listening(create_app(runtime)) as port, httpx.AsyncClient(timeout=30) as client:
         url = f"http://127.0.0.1:{port}"
         first = asyncio.create_task(client.post(f"{url}/work", json={"name": "a"}))
         assert await asyncio.to_thread(started.wait, 10)
-        writer = await leave_after_sending(port, "work", b'{"name": "b"}')
-        assert await until(lambda: waiting(runtime) == 1)  # b waits behind a
+        writer = await leave_after_sending(port, "/work", b'{"name": "b"}')
+        assert await came_true(lambda: waiting(runtime) == 1)  # b waits behind a
         writer.close()
         await writer.wait_closed()
-        left_the_queue = await until(lambda: waiting(runtime) == 0)
+        left_the_queue = await came_true(lambda: waiting(runtime) == 0)
         release.set()
         assert (await first).json() == {"done": "a"}
         after = await client.post(f"{url}/work", json={"name": "c"})
@@ -122,8 +79,8 @@ async def test_an_async_command_is_cancelled_when_its_caller_leaves(tmp_path: Pa
             raise
         return {"done": "never"}
 
-    async with listening(runtime_of(model, tmp_path)) as port:
-        writer = await leave_after_sending(port, "wait", b"{}")
+    async with listening(create_app(runtime_of(model, tmp_path))) as port:
+        writer = await leave_after_sending(port, "/wait", b"{}")
         await asyncio.wait_for(entered.wait(), 10)
         writer.close()
         await writer.wait_closed()
@@ -147,8 +104,8 @@ async def test_a_running_sync_command_finishes_and_the_next_call_runs(tmp_path: 
         return {"done": inputs["name"]}
 
     runtime = runtime_of(model, tmp_path)
-    async with listening(runtime) as port, httpx.AsyncClient(timeout=30) as client:
-        writer = await leave_after_sending(port, "work", b'{"name": "a"}')
+    async with listening(create_app(runtime)) as port, httpx.AsyncClient(timeout=30) as client:
+        writer = await leave_after_sending(port, "/work", b'{"name": "a"}')
         assert await asyncio.to_thread(started.wait, 10)
         writer.close()
         await writer.wait_closed()

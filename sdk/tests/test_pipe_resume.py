@@ -6,6 +6,7 @@ The file store here is a small HTTP server of the test's own, which cuts the con
 half way through a body once, and counts the bytes it sends."""
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -19,12 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from modelcloud.pipe import FilePipe, PipeError
 from modelcloud.pipe._digests import DigestCache
 from modelcloud.pipe._remote import RemoteCenter
-from modelcloud.pipe._retries import Retries
+from modelcloud.pipe._retries import Retries, resumed
 
 BASE = "/v1/projects/vision/models/m/versions/1"
 PART = 1 << 20
@@ -361,3 +363,21 @@ def test_a_direct_upload_start_turned_away_is_sent_again(store: Store, tmp_path:
 
     assert store.starts == 1
     assert store.files["model.bin"] == data
+
+
+def test_a_pull_that_fails_for_another_reason_than_a_cut_is_a_pipe_error() -> None:
+    """A body the client cannot decode is no cut: not tried again, and the caller gets the
+    pipe's own error, never an httpx one."""
+    opened = 0
+
+    @contextlib.contextmanager
+    def undecodable(start: int) -> Iterator[Iterator[bytes]]:
+        nonlocal opened
+        opened += 1
+        if opened:  # always: the opener fails before its first chunk
+            raise httpx.DecodingError("bad gzip")
+        yield iter(())
+
+    with pytest.raises(PipeError, match=r"cannot pull a\.bin: bad gzip"):
+        list(resumed(undecodable, "a.bin", Retries(first_delay_s=0)))
+    assert opened == 1

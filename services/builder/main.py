@@ -53,7 +53,10 @@ def create_app(
         database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
         event_bus = bus or bus_for(settings)
         relay = OutboxRelay(
-            database.sessions, event_bus, poll_interval_s=settings.outbox_poll_interval_s
+            database.sessions,
+            event_bus,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            metrics=app.state.metrics_registry,  # parked events and failures on /metrics
         )
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         bundles = BundleSource(settings.registry_url, token, transport=registry_transport)
@@ -88,9 +91,15 @@ def create_app(
                 await relay.publish_pending()
 
         runtime.step("last-events", stop=publish_last, needs=[DATABASE, EVENT_BUS])
-        # Reconciles the replicas found running before any request to change them comes in.
+        # Reconciles the replicas found running before any request to change them comes in;
+        # once up, /readyz names it while a deployment's watch keeps failing.
         runtime.step(
-            "supervisor", supervisor.start, stop=supervisor.close, needs=[DATABASE], retry=True
+            "supervisor",
+            supervisor.start,
+            stop=supervisor.close,
+            needs=[DATABASE],
+            retry=True,
+            live=supervisor.check,
         )
         consumer = consumers.BuilderConsumer(runner, supervisor)
         runtime.subscription(

@@ -1,8 +1,8 @@
 """Request body limits, per route, enforced while the body arrives and after the token.
 
 First, headers: more than :data:`MAX_HEADER_BYTES` of them is answered 431 before anything
-else looks at them (the HTTP server takes up to 64 KB and more, and each service would
-otherwise parse, log and forward them all).
+else looks at them (the HTTP server would take far more, and each service would otherwise
+parse, log and forward them all; `tests/fuzz` sends 64 KB of headers).
 
 Then three rules, in this order, each applied before the bytes it guards are read:
 

@@ -33,22 +33,21 @@ async def upgrade(
     engine: AsyncEngine,
     script_location: Path,
     revision: str = "head",
-    *,
-    lock_name: str | None = None,
 ) -> None:
-    """Bring the service's database to ``revision``, one replica at a time; ``lock_name``
-    (default: the folder holding ``script_location``, i.e. the service) names the lock."""
+    """Bring the service's database to ``revision``, one replica at a time (the lock is
+    named after the folder holding ``script_location``: the service)."""
     config = Config()
     config.set_main_option("script_location", str(script_location))
-    name = lock_name or script_location.parent.name
+    name = script_location.parent.name
     async with _sqlite_file_lock(engine, name), engine.begin() as connection:
         await _postgres_lock(connection, name)
         await connection.run_sync(_upgrade, config, revision)
 
 
-def advisory_key(name: str) -> int:
-    """The service's PostgreSQL advisory lock key: a signed 64-bit number from its name."""
-    digest = hashlib.sha256(f"modelcloud.migrations:{name}".encode()).digest()
+def advisory_key(name: str, *, namespace: str = "modelcloud.migrations") -> int:
+    """A PostgreSQL advisory lock key: a signed 64-bit number from ``name`` (by default a
+    service's migrations; another user of advisory locks names its own ``namespace``)."""
+    digest = hashlib.sha256(f"{namespace}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 

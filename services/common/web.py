@@ -93,6 +93,11 @@ def create_service_app(
     return app
 
 
+class NotReady(Exception):
+    """A readiness check's failure whose message is written for ``/readyz`` (it says
+    nothing a stranger may not read)."""
+
+
 def add_readiness_check(app: FastAPI, name: str, check: ReadinessCheck) -> None:
     """``/readyz`` answers 503 naming ``name`` while ``check`` raises (the service runtime
     adds one per part, ``services/common/runtime``)."""
@@ -132,9 +137,14 @@ def _observability_router(registry: CollectorRegistry) -> APIRouter:
 
 
 def _failure(exc: Exception) -> str:
+    """What ``/readyz`` (open to anyone) says of a failing check: the kind of error only,
+    never its message (SQL, parameters, names); a :class:`NotReady` carries text written for
+    it (``waiting for event-bus``)."""
     if isinstance(exc, TimeoutError):
         return f"no answer within {READINESS_TIMEOUT_S:g}s"
-    return f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, NotReady):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
 
 
 class RequestContext:

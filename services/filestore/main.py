@@ -15,11 +15,9 @@ from services.common.body_limits import registry_token_check
 from services.common.logging import configure_logging
 from services.common.runtime import DATABASE, ServiceRuntime, service_lifespan
 from services.common.web import create_service_app
-from services.filestore.blobs.cleanup import clean_abandoned_uploads
+from services.filestore.blobs.choice import blob_store
+from services.filestore.blobs.cleanup import clean_abandoned_uploads, scratch_folder
 from services.filestore.blobs.collector import BlobCollector, collect_every
-from services.filestore.blobs.local import LocalBlobs
-from services.filestore.blobs.s3 import S3Blobs
-from services.filestore.blobs.store import BlobStore
 from services.filestore.files.router import link, upload
 from services.filestore.files.router import router as files_router
 from services.filestore.memory import return_large_buffers
@@ -46,9 +44,9 @@ def create_app(
     def declare(runtime: ServiceRuntime) -> FilestoreState:
         configure_logging("filestore", settings.log_format, settings.log_level)
         return_large_buffers()
-        (settings.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
+        scratch_folder(settings).mkdir(parents=True, exist_ok=True)
         database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
-        blobs = _blobs_for(settings)
+        blobs = blob_store(settings)
         access = RegistryAccess(
             settings.registry_url, cache_s=settings.auth_cache_s, transport=registry_transport
         )
@@ -100,9 +98,3 @@ def create_app(
     app.include_router(files_router)
     app.include_router(transfers_router)
     return app
-
-
-def _blobs_for(settings: FilestoreSettings) -> BlobStore:
-    if settings.storage == "s3":
-        return S3Blobs.from_settings(settings)
-    return LocalBlobs(settings.data_dir.resolve() / "blobs")

@@ -155,9 +155,8 @@ async def _unless_caller_leaves(
     body has been read by now, so the next message can only be the caller leaving."""
     answer: Response | None = None
     with anyio.CancelScope() as scope:
-        # One watching task (about 26 us a call here), not a task group: a group would
-        # wrap the call's problems (a 504, a 502) in an exception group on their way to
-        # the problem handler.
+        # One watching task, not a task group: a group would wrap the call's problems (a
+        # 504, a 502) in an exception group on their way to the problem handler.
         watcher = asyncio.create_task(_cancel_when_caller_leaves(request, scope))
         try:
             answer = await call

@@ -45,7 +45,10 @@ def create_app(settings: RegistrySettings | None = None, *, bus: EventBus | None
         database = runtime.database(settings.sqlalchemy_url(), migrations=MIGRATIONS)
         event_bus = bus or bus_for(settings)
         relay = OutboxRelay(
-            database.sessions, event_bus, poll_interval_s=settings.outbox_poll_interval_s
+            database.sessions,
+            event_bus,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            metrics=app.state.metrics_registry,  # parked events and failures on /metrics
         )
         runtime.event_bus(event_bus, shared=bus is not None)
         runtime.subscription(

@@ -11,6 +11,7 @@
 - ``tracking``: the tracker pointed at an embedded platform
 - ``sdk_wheels``: the SDK wheels built once per test run, shared by every builder cache
 - ``polling``: waiting, with a deadline, for what sends no event
+- ``serving``: an ASGI app on a real socket or in-process, a caller that leaves mid-call
 - ``workers``: what keeps parallel test processes (pytest-xdist) apart
 """
 

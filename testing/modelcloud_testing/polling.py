@@ -10,6 +10,18 @@ from typing import Any
 INTERVAL_S = 0.1
 
 
+async def came_true(check: Callable[[], Any], timeout: float = 5) -> bool:
+    """Whether a synchronous ``check()`` came true within ``timeout`` s: for state a test
+    reads directly and that sends no event (a queue's length), where the test itself
+    asserts, so a timeout is an answer rather than an error."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)  # the state is in this process: a cheap check
+    return True
+
+
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
     """The first true value ``check()`` returns, polling; fails after ``timeout`` s."""
     deadline = time.monotonic() + timeout

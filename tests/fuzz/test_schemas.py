@@ -75,12 +75,6 @@ def session() -> Iterator[requests.Session]:
         yield opened
 
 
-def _loaded(platform: FuzzPlatform, service: str) -> Any:
-    return schemathesis.openapi.from_url(
-        f"{platform.urls[service]}/openapi.json", headers=platform.headers
-    )
-
-
 def _bounded(examples: int) -> hypothesis.settings:
     return hypothesis.settings(
         max_examples=examples,
@@ -92,19 +86,23 @@ def _bounded(examples: int) -> hypothesis.settings:
     )
 
 
-def fuzz_document(platform: FuzzPlatform, service: str, session: requests.Session) -> list[str]:
-    """What went wrong, one line per operation and generation mode (valid data, and data
-    the document forbids), for every operation of ``service``'s document."""
+def fuzz_document(
+    platform: FuzzPlatform, service: str, session: requests.Session
+) -> tuple[int, list[str]]:
+    """How many operations of ``service``'s document were fuzzed, and what went wrong: one
+    line per operation and generation mode (valid data, and data the document forbids)."""
     schema = schemathesis.openapi.from_url(
         f"{platform.urls[service]}/openapi.json", headers=platform.headers
     )
     found = []
+    fuzzed = 0
     bounded = _bounded(EXAMPLES[service])
     for result in schema.get_all_operations():
         if isinstance(result, Err):  # a reference that does not resolve, say
             found.append(f"unreadable: {result.err()}")
             continue
         operation = result.ok()
+        fuzzed += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
@@ -120,12 +118,13 @@ def fuzz_document(platform: FuzzPlatform, service: str, session: requests.Sessio
                 found.append(f"{operation.label} [{mode.value}]: {failures.message[:2000]}")
             except Exception as error:
                 found.append(f"{operation.label} [{mode.value}]: {error!r}"[:2000])
-    return found
+    return fuzzed, found
 
 
 @pytest.mark.parametrize("service", list(EXAMPLES))
 def test_every_answer_is_documented(
     fuzz_platform: FuzzPlatform, service: str, session: requests.Session
 ) -> None:
-    failures = fuzz_document(fuzz_platform, service, session)
+    fuzzed, failures = fuzz_document(fuzz_platform, service, session)
+    assert fuzzed > 0, f"{service}'s document lists no operation: nothing was fuzzed"
     assert not failures, f"{len(failures)} failures:\n" + "\n\n".join(failures)

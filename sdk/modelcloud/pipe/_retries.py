@@ -114,6 +114,8 @@ def resumed(open_from: Opener, name: str, retries: Retries) -> Iterator[bytes]:
                 raise PipeError(f"cannot pull {name}: {exc}", name) from exc
             log.info("resuming %s from byte %d: %s", name, received, exc)
             retries.pause(failures)
+        except httpx.HTTPError as exc:  # no cut (a body it cannot decode, redirects): final
+            raise PipeError(f"cannot pull {name}: {exc}", name) from exc
 
 
 def skipped(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:

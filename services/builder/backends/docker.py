@@ -93,36 +93,38 @@ class DockerBuilder:
             raise StepFailed(exc.step, str(exc)) from None
         base = self._base_image(job)
         client = await asyncio.to_thread(docker_client)
+        # Closed whatever ends the build (a missing image, an engine error, the SDK's wheels).
         try:
-            await asyncio.to_thread(client.images.get, base)
-        except ImageNotFound:
-            await asyncio.to_thread(client.close)
-            raise StepFailed(
-                "base image",
-                f"{base} is not on this Docker engine (build or load it there, or map "
-                f"Python {job.spec.python} to another image in BUILDER_DOCKER_BASE_IMAGES)",
-            ) from None
-        sdk = await self._sdk_wheels(log)
-        repository = self.settings.docker_image_repository
-        tag = f"{repository}/{job.version_id}:{str(job.build_id)[:8]}"
-        loop = asyncio.get_running_loop()
+            try:
+                await asyncio.to_thread(client.images.get, base)
+            except ImageNotFound:
+                raise StepFailed(
+                    "base image",
+                    f"{base} is not on this Docker engine (build or load it there, or map "
+                    f"Python {job.spec.python} to another image in BUILDER_DOCKER_BASE_IMAGES)",
+                ) from None
+            sdk = await self._sdk_wheels(log)
+            repository = self.settings.docker_image_repository
+            tag = f"{repository}/{job.version_id}:{str(job.build_id)[:8]}"
+            loop = asyncio.get_running_loop()
 
-        def emit(line: str) -> None:
-            loop.call_soon_threadsafe(log, line)
+            def emit(line: str) -> None:
+                loop.call_soon_threadsafe(log, line)
 
-        # The context holds copies of every wheel of BUILDER_FIND_LINKS (a CPU torch is
-        # hundreds of MB): made and removed in a worker thread too.
-        context = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="modelcloud-context-"))
-        try:
-            names = await asyncio.to_thread(
-                self._context, context, job, base, steps, command, sdk.wheels, list(buildargs)
-            )
-            image_id, reused = await asyncio.to_thread(
-                _build_image, client, context, tag, names, buildargs, emit
-            )
-            await asyncio.to_thread(_drop_older_images, client, tag)
+            # The context holds copies of every wheel of BUILDER_FIND_LINKS (a CPU torch is
+            # hundreds of MB): made and removed in a worker thread too.
+            context = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="modelcloud-context-"))
+            try:
+                names = await asyncio.to_thread(
+                    self._context, context, job, base, steps, command, sdk.wheels, list(buildargs)
+                )
+                image_id, reused = await asyncio.to_thread(
+                    _build_image, client, context, tag, names, buildargs, emit
+                )
+                await asyncio.to_thread(_drop_older_images, client, tag)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, context, ignore_errors=True)
         finally:
-            await asyncio.to_thread(shutil.rmtree, context, ignore_errors=True)
             await asyncio.to_thread(client.close)
         return Artifact(
             backend=self.name,

@@ -6,10 +6,11 @@ log, then ``builder.build.succeeded`` or ``builder.build.failed`` naming the ste
 that was running when the builder stopped is run again when it starts.
 
 No transaction is held while a build runs (minutes): the runner marks it running and
-commits, builds, then records the outcome in a new transaction. The runner never dies of an
-unexpected error (the database gone, a full disk): it is logged with its traceback,
-reported by :meth:`BuildRunner.problems` (for ``/readyz``) and retried with backoff; a build
-it was running then is queued again.
+commits, builds, then records the outcome in a new transaction. An unexpected error of the
+runner itself (the database gone, a full disk) ends :meth:`BuildRunner.run`: the service
+runtime's worker (``services/common/runtime/workers.py``) logs it with its traceback, names
+it in ``/readyz`` and runs it again with backoff, and a run starts by queueing again the
+build that was running.
 """
 
 import asyncio
@@ -62,8 +63,6 @@ class BuildRunner:
         logs: BuildLogs,
         relay: OutboxRelay | None,
         scratch: Path,
-        retry_backoff_s: float = 1.0,
-        retry_backoff_max_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.backend = backend
@@ -71,49 +70,23 @@ class BuildRunner:
         self.logs = logs
         self.relay = relay
         self.scratch = scratch
-        self.retry_backoff_s = retry_backoff_s
-        self.retry_backoff_max_s = retry_backoff_max_s
-        self.crashes = 0  # unexpected errors met since start (a metric)
-        self._problem: str | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def problems(self) -> dict[str, str]:
-        """The runner's last unexpected error while it is retrying (empty when all is
-        well), by task name, for ``/readyz``."""
-        return {"build-runner": self._problem} if self._problem is not None else {}
-
-    def healthy(self) -> bool:
-        return self._problem is None
-
     async def run(self) -> None:
-        """Run queued builds until cancelled."""
-        requeued = False
-        backoff = self.retry_backoff_s
+        """Run queued builds until cancelled; an unexpected error ends it (the runtime's
+        worker restarts it, and the restart queues the interrupted build again)."""
+        await self._requeue_interrupted()
         while True:
-            try:
-                if not requeued:
-                    await self._requeue_interrupted()
-                    requeued = True
-                build_id = await self._next()
-                if build_id is not None:
-                    await self._run_one(build_id)
-            except Exception as exc:  # the runner must outlive any one build
-                self.crashes += 1
-                self._problem = f"{type(exc).__name__}: {exc}"
-                log.exception("the build runner failed; retrying in %.1f s", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.retry_backoff_max_s)
-                requeued = False  # the build it was running, if any, is run again
+            build_id = await self._next()
+            if build_id is not None:
+                await self._run_one(build_id)
                 continue
-            self._problem = None
-            backoff = self.retry_backoff_s
-            if build_id is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
 
     async def _requeue_interrupted(self) -> None:
         # Builds run one at a time, and none is running now: one marked running was cut

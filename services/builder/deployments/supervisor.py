@@ -15,9 +15,9 @@ locked"). The runtime's query methods (``alive``, ``output``, ``running``) may b
 Docker runtime asks the engine over its API): they run in a worker thread.
 
 A deployment's watch never dies of an unexpected error (the runtime, the database): it is
-logged with its traceback, reported by :meth:`Supervisor.problems` (for ``/readyz``) and
-retried with backoff; a replica the runtime cannot start at all fails its deployment with
-the error's text.
+logged with its traceback, reported by :meth:`Supervisor.problems` (``/readyz`` names the
+supervisor while there are any: ``services/builder/main.py``) and retried with backoff; a
+replica the runtime cannot start at all fails its deployment with the error's text.
 
 A dead replica is replaced in two steps: the fresh one is recorded as soon as it runs (so a
 crash leaves no replica nobody knows of), naming the record it ``replaces``; once it is
@@ -58,6 +58,7 @@ from services.builder.settings import BuilderSettings
 from services.builder.unit_of_work import UnitOfWork
 from services.common.database import SessionFactory
 from services.common.events.outbox import OutboxRelay
+from services.common.runtime import PartDown
 
 log = logging.getLogger(__name__)
 _LOG_TAIL = 20
@@ -94,7 +95,6 @@ class Supervisor:
         self._http = httpx.AsyncClient(timeout=5)
         self._failed_checks: dict[UUID, int] = {}
         self._problems: dict[UUID, str] = {}
-        self.crashes = 0  # unexpected errors met by the watches since start (a metric)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,13 +144,17 @@ class Supervisor:
             await self._http.aclose()
 
     def problems(self) -> dict[str, str]:
-        """What keeps a deployment's watch from doing its work now: the last unexpected
-        error of each watch that is retrying, by task name (empty when all is well). A
-        watch that gets through a pass again is taken off."""
+        """What keeps a deployment's watch from doing its work now: the kind of the last
+        unexpected error of each watch that is retrying, by task name (empty when all is
+        well). A watch that gets through a pass again is taken off."""
         return {f"deployment-{version_id}": text for version_id, text in self._problems.items()}
 
-    def healthy(self) -> bool:
-        return not self._problems
+    async def check(self) -> None:
+        """The supervisor's readiness (its part's ``live`` check): down, naming each
+        failing watch and its error, while any watch is retrying."""
+        if problems := self.problems():
+            failing = "; ".join(f"{task}: {text}" for task, text in sorted(problems.items()))
+            raise PartDown(f"{len(problems)} deployment watch(es) failing: {failing}")
 
     def wake(self, version_id: UUID) -> None:
         """Look at this deployment again now (after a publish or offline request)."""
@@ -181,8 +185,8 @@ class Supervisor:
                 pause = backoff
                 backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
             except Exception as exc:  # the watch must outlive any one pass
-                self.crashes += 1
-                self._problems[version_id] = f"{type(exc).__name__}: {exc}"
+                # Its kind only: /readyz answers anyone, the message (and traceback) is logged.
+                self._problems[version_id] = type(exc).__name__
                 log.exception(
                     "watching deployment %s failed; retrying in %.1f s", version_id, backoff
                 )

@@ -15,6 +15,7 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+import structlog.testing
 from docker.errors import APIError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +35,7 @@ from services.builder.settings import BuilderSettings
 from services.common.database import SessionFactory, create_engine, session_factory
 from services.common.events.outbox import OutboxEvent
 from services.common.migrations import upgrade
+from services.common.runtime import Backoff, PartDown, ServiceRuntime
 
 MIGRATIONS = Path(services.builder.__file__).resolve().parent / "migrations"
 
@@ -287,15 +289,66 @@ async def test_a_watch_survives_an_engine_error_reports_it_then_goes_on_restarti
     with caplog.at_level(logging.ERROR, logger="services.builder.deployments.supervisor"):
         supervisor.wake(version_id)
         problems = await eventually(lambda: _async(supervisor.problems()))
-    assert "the engine did not answer" in problems[f"deployment-{version_id}"]
-    assert any(r.exc_info and r.exc_info[0] is APIError for r in caplog.records)
+    assert problems[f"deployment-{version_id}"] == "APIError"
+    assert any(
+        r.exc_info and "the engine did not answer" in str(r.exc_info[1]) for r in caplog.records
+    )
 
-    await eventually(lambda: _async(supervisor.healthy()))
+    await eventually(lambda: _async(not supervisor.problems()))
     runtime.live.discard("first")  # the replica dies: the watch is still there to see it
     await eventually(lambda: _has(sessions, "builder.replica.restarted"))
     assert len(runtime.started) == 1
-    assert supervisor.crashes >= 1
     await supervisor.close()
+
+
+class EngineDown(FakeRuntime):
+    """An engine that fails every question about a replica until ``failing`` is cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def alive(self, handle: str) -> bool:
+        if self.failing:
+            raise APIError("500 Server Error: the engine did not answer")
+        return super().alive(handle)
+
+
+async def test_a_watch_that_keeps_failing_makes_the_builder_unready_naming_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.builder import main
+
+    settings = settings_for(tmp_path)
+    engine = create_engine(settings.sqlalchemy_url())
+    await upgrade(engine, MIGRATIONS)
+    version_id = await add_deployment(session_factory(engine), DeploymentState.READY, ["first"])
+    await engine.dispose()
+    runtime = EngineDown()
+    runtime.live.add("first")
+    monkeypatch.setattr(main, "_runtime_for", lambda settings, owner: runtime)
+    app = main.create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://b") as client,
+    ):
+
+        async def supervisor_named() -> Any:
+            ready = await client.get("/readyz")
+            failing = ready.json().get("failing", {})
+            return (ready.status_code, failing["supervisor"]) if "supervisor" in failing else None
+
+        status, problem = await eventually(supervisor_named)
+        assert status == 503
+        assert f"deployment-{version_id}" in problem
+        assert "APIError" in problem
+
+        runtime.failing = False  # the engine answers again: the builder is ready again
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready)
 
 
 async def test_a_replacement_that_does_not_come_up_is_tried_again(
@@ -414,15 +467,14 @@ async def _has(sessions: SessionFactory, event_type: str) -> bool:
 
 
 class FlakySessions:
-    """The database refuses the first ``failures`` sessions (a restart, a full disk)."""
+    """The database refuses every session while ``failing`` (a restart, a full disk)."""
 
-    def __init__(self, sessions: SessionFactory, failures: int) -> None:
+    def __init__(self, sessions: SessionFactory) -> None:
         self.sessions = sessions
-        self.failures = failures
+        self.failing = True
 
     def __call__(self) -> Any:
-        if self.failures:
-            self.failures -= 1
+        if self.failing:
             raise OperationalError(
                 "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("disk I/O error")
             )
@@ -448,8 +500,8 @@ class FakeBundles:
         return into
 
 
-async def test_the_build_runner_survives_a_database_error_and_runs_the_queued_build(
-    sessions: SessionFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_build_runner_crashed_by_a_database_error_is_named_then_runs_the_stuck_build(
+    sessions: SessionFactory, tmp_path: Path
 ) -> None:
     async with sessions() as session:
         build = Build(
@@ -460,34 +512,46 @@ async def test_the_build_runner_survives_a_database_error_and_runs_the_queued_bu
             bundle_sha256="0" * 64,
             device=Device.CPU,
             build_spec={},
+            state=BuildState.RUNNING,  # cut short: the runner crashed, or the builder stopped
             created_at=datetime.now(UTC),
         )
         session.add(build)
         await session.commit()
     backend = FakeBackend()
+    flaky = FlakySessions(sessions)
     runner = BuildRunner(
-        sessions=FlakySessions(sessions, failures=2),  # type: ignore[arg-type]
+        sessions=flaky,  # type: ignore[arg-type]
         backend=backend,
         bundles=FakeBundles(),  # type: ignore[arg-type]
         logs=BuildLogs(tmp_path / "logs"),
         relay=None,
         scratch=tmp_path / "scratch",
-        retry_backoff_s=0.01,
     )
-    with caplog.at_level(logging.ERROR, logger="services.builder.builds.service"):
-        running = asyncio.create_task(runner.run())
-        built = asyncio.create_task(backend.built.wait())
-        done, _ = await asyncio.wait({running, built}, timeout=10, return_when="FIRST_COMPLETED")
-    try:
-        assert built in done, f"the runner ended: {running.exception() if running.done() else ''}"
-        assert await eventually(lambda: _state(sessions, build.id, BuildState.SUCCEEDED))
-        assert runner.crashes == 2
-        assert runner.healthy()
-        assert any("disk I/O error" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
-    finally:
-        running.cancel()
-        built.cancel()
-        await asyncio.gather(running, built, return_exceptions=True)
+    # Run as the builder runs it (main.py): a worker of the service runtime.
+    runtime = ServiceRuntime("builder", backoff=Backoff(first_s=0.01, max_s=0.05), steady_s=0.05)
+    part = runtime.worker("build-runner", runner.run)
+
+    async def named() -> str | None:
+        try:
+            await part.check()  # what /readyz asks the part
+        except PartDown as down:
+            return str(down)
+        return None
+
+    async def ready() -> bool:
+        return await named() is None
+
+    with structlog.testing.capture_logs() as logs:
+        async with runtime.running():
+            assert "OperationalError" in await eventually(named)
+            assert not backend.built.is_set()
+            flaky.failing = False  # the database is back
+            await asyncio.wait_for(backend.built.wait(), 10)
+            assert await eventually(lambda: _state(sessions, build.id, BuildState.SUCCEEDED))
+            await eventually(ready)
+    crashes = [entry for entry in logs if entry["event"] == "worker crashed"]
+    assert crashes, "the crash was not logged"
+    assert all(entry["worker"] == "build-runner" and entry["exc_info"] for entry in crashes)
 
 
 async def _state(sessions: SessionFactory, build_id: UUID, state: BuildState) -> bool:
@@ -654,3 +718,43 @@ async def test_an_image_build_streams_its_lines_while_the_loop_stays_free(
     assert artifact.data["image_id"] == "sha256:feed"
     assert lines == ["Step 1/2 : FROM python:3.11-slim", "Successfully built feed"]
     assert heartbeat.longest_gap < 0.4, f"the loop was blocked {heartbeat.longest_gap:.2f} s"
+
+
+@pytest.mark.parametrize("failure", ["the engine errs", "the SDK wheels fail"])
+async def test_a_docker_build_that_fails_early_closes_its_engine_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    from modelcloud_proto.specs import BuildSpec
+    from services.builder.backends import docker as docker_backend
+    from services.builder.backends.sdk import Sdk
+
+    class Images:
+        def get(self, name: str) -> Any:
+            if failure == "the engine errs":
+                raise APIError("500 Server Error: the engine did not answer")
+            return type("Image", (), {"id": "sha256:feed", "tags": [name]})()
+
+    class Client:
+        images = Images()
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    client = Client()
+    monkeypatch.setattr(docker_backend, "docker_client", lambda: client)
+    builder = docker_backend.DockerBuilder(settings_for(tmp_path))
+
+    async def no_sdk(log: LogLine) -> Sdk:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(builder, "_sdk_wheels", no_sdk)
+    source = tmp_path / "code"
+    source.mkdir()
+    (source / "cloud_model.py").write_text("print('hi')\n")
+    job = BuildJob(
+        build_id=uuid4(), version_id=uuid4(), spec=BuildSpec(), device=Device.CPU, source=source
+    )
+    with pytest.raises((APIError, OSError)):
+        await builder.build(job, lambda line: None)
+    assert client.closed, "the Docker client (its connection pool) was left open"

@@ -7,13 +7,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from services.common.problems import ServiceUnavailable
+from services.common.web import NotReady
 
 # Starts the part and pushes what stops it onto the stack (only once it has started).
 Start = Callable[[AsyncExitStack], Awaitable[None]]
 LiveCheck = Callable[[], Awaitable[None]]
 
 
-class PartDown(Exception):
+class PartDown(NotReady):
     """A part is not up (yet, or any more); the message says why, for ``/readyz``."""
 
 
@@ -47,5 +48,12 @@ class Part:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for logs and ``/readyz``: the kind of error and its message, bounded."""
+    """What ``/readyz`` and a 503 say of an error: its kind only. ``/readyz`` answers
+    anyone, and a message may carry SQL, its parameters or a project's name: that goes to
+    the logs (:func:`in_full`)."""
+    return type(exc).__name__
+
+
+def in_full(exc: BaseException) -> str:
+    """One line for the logs: the kind of error and its message, bounded."""
     return f"{type(exc).__name__}: {exc}"[:300]

@@ -26,7 +26,7 @@ from services.common.events.bus import EventBus, Handler
 from services.common.migrations import upgrade
 from services.common.runtime.backoff import Backoff
 from services.common.runtime.database import DATABASE, Database
-from services.common.runtime.parts import LiveCheck, Part, describe
+from services.common.runtime.parts import LiveCheck, Part, describe, in_full
 from services.common.runtime.state import set_service_state
 from services.common.runtime.workers import Run, Worker
 from services.common.web import add_readiness_check
@@ -222,7 +222,7 @@ class ServiceRuntime:
                 "part unavailable, starting without it",
                 service=self.service,
                 part=part.name,
-                error=part.problem,
+                error=in_full(exc),
                 retry_in_s=delay,
             )
             self._in_background(part, stack, first_delay=delay)
@@ -254,7 +254,7 @@ class ServiceRuntime:
                     "part unavailable, retrying",
                     service=self.service,
                     part=part.name,
-                    error=part.problem,
+                    error=in_full(exc),
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)

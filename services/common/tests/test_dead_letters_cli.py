@@ -182,3 +182,12 @@ async def test_a_replay_to_a_queue_that_is_gone_keeps_the_dead_letters(rabbit_qu
         assert [letter.id for letter in await bus.dead_letters(rabbit_queue)] == [str(sent[0].id)]
     finally:
         await bus.close()
+
+
+def test_what_a_publisher_sent_reaches_the_terminal_escaped() -> None:
+    from services.cli import _printable
+
+    shown = _printable("id  \x1b]0;owned\x07\x1b[2J{}\nline two\té")
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert shown == "id  \\x1b]0;owned\\x07\\x1b[2J{}\nline two\té"

@@ -18,17 +18,16 @@ at commit or rollback. SQLite: every transaction begins IMMEDIATE
 one lock for every name.
 """
 
-import hashlib
 from collections.abc import Iterable
 
 from sqlalchemy import literal, text
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from services.common.migrations import advisory_key
 
-def lock_id(name: str) -> int:
-    """The advisory lock's 64-bit key for a digest or an object key."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+# Digests and object keys: apart from every other user of advisory locks.
+_NAMESPACE = "modelcloud.filestore.content"
 
 
 async def lock_names(session: AsyncSession, names: Iterable[str]) -> None:
@@ -37,7 +36,7 @@ async def lock_names(session: AsyncSession, names: Iterable[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         await session.exec(select(literal(1)))  # begins the transaction: the write lock
         return
-    keys = sorted({lock_id(name) for name in names})
+    keys = sorted({advisory_key(name, namespace=_NAMESPACE) for name in names})
     if keys:  # one round trip, taken in one order (two lockers never wait for each other)
         connection = await session.connection()  # the session's own transaction
         await connection.execute(_LOCK_ALL, {"keys": keys})

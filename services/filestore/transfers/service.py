@@ -37,6 +37,7 @@ from services.common.problems import (
     ServiceUnavailable,
 )
 from services.common.tar_guard import TarLimits, TarRejected, open_checked_tar
+from services.filestore.blobs.cleanup import scratch_folder
 from services.filestore.blobs.s3 import OBJECTS_PREFIX, part_size_for
 from services.filestore.blobs.store import (
     BlobStore,
@@ -316,8 +317,7 @@ async def store_pack(
     """Store every file of a tar pack, or none of them. A pack kept whole is named by its
     project: its bytes are that project's, and presigned URLs of it go to no other."""
     started = time.time()
-    scratch = settings.data_dir.resolve() / "uploads"
-    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+    with tempfile.TemporaryDirectory(dir=scratch_folder(settings)) as folder:
         pack = Path(folder) / "pack.tar"
         size = 0
         with pack.open("wb") as out:
@@ -340,9 +340,11 @@ async def store_pack(
     await session.rollback()
     await lock_names(session, blobs_in_pack)
     if key is None:
-        for blob in blobs_in_pack.values():
-            if not await anyio.to_thread.run_sync(blobs.exists, blob.sha256):
-                raise ServiceUnavailable("a file of the pack was removed meanwhile; send again")
+        # One trip to a worker thread for them all: the lock is held meanwhile (on SQLite,
+        # the database's write lock).
+        digests = list(blobs_in_pack)
+        if not await anyio.to_thread.run_sync(lambda: all(map(blobs.exists, digests))):
+            raise ServiceUnavailable("a file of the pack was removed meanwhile; send again")
     else:
         for blob in blobs_in_pack.values():
             place(session, blob.sha256, Placement(key, blob.offset, blob.size))

@@ -24,11 +24,11 @@ from modelcloud_proto.events import (
 from modelcloud_proto.specs import Device
 from modelcloud_testing.polling import wait_for
 from modelcloud_testing.registries import Registry
+from modelcloud_testing.serving import listening
 from services.gateway import tables
 from services.gateway.main import create_app
 from services.gateway.routing import Route, RoutingTable
 from services.gateway.settings import GatewaySettings
-from services.gateway.tests.served import listening
 
 pytestmark = pytest.mark.timeout(120)
 SERVICE = "/v1/projects/vision/services/greeter"

@@ -3,8 +3,10 @@ through the outbox with the change, and only when the visibility really changes.
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 from modelcloud_proto.events import Envelope
+from modelcloud_testing.polling import wait_for
 from modelcloud_testing.registries import Registry, make_service
 
 SERVICE = "/v1/projects/vision/services/classifier"
@@ -45,3 +47,18 @@ async def test_turning_a_service_private_or_public_sends_one_event_each(
         for public in (True, False)
     ]
     assert {e.producer for e in seen} == {"registry"}
+
+
+async def test_the_outbox_reports_its_parked_events_on_metrics(registry: Registry) -> None:
+    await make_service(registry.client)  # a committed event, so the relay has counted
+    metrics = await wait_for(_parked_line(registry))
+    assert metrics == "modelcloud_outbox_parked_events 0.0"
+
+
+def _parked_line(registry: Registry) -> Callable[[], Awaitable[str | None]]:
+    async def line() -> str | None:
+        text = (await registry.client.get("/metrics")).text
+        found = [x for x in text.splitlines() if x.startswith("modelcloud_outbox_parked_events")]
+        return found[0] if found else None
+
+    return line

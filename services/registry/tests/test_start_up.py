@@ -2,22 +2,23 @@
 database away (and says so in /readyz), and its replicas migrate once, under a lock."""
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
-from fastapi import FastAPI
+from alembic.script import ScriptDirectory
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import QueuePool, text
 
 from modelcloud_testing.servers import fresh_postgres_database
+from modelcloud_testing.serving import in_process
 from services.common.database import create_engine
 from services.common.migrations import upgrade
+from services.registry.admin import create_admin_user
 from services.registry.main import MIGRATIONS as REGISTRY_MIGRATIONS
 from services.registry.main import create_app as registry_app
 from services.registry.settings import RegistrySettings
@@ -31,15 +32,6 @@ def closed_port() -> int:
     return port
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
-    ):
-        yield client
-
-
 async def test_the_registry_starts_with_the_broker_down_and_readyz_names_the_bus(
     tmp_path: Path,
 ) -> None:
@@ -48,13 +40,15 @@ async def test_the_registry_starts_with_the_broker_down_and_readyz_names_the_bus
         data_dir=tmp_path,
         broker_url=SecretStr(f"amqp://guest:guest@127.0.0.1:{closed_port()}/"),
     )
-    async with serving(registry_app(settings)) as client:
+    admin = await create_admin_user(settings, "admin")
+    async with in_process(registry_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert set(ready.json()["failing"]) == {"event-bus", "consumer-registry"}
-        # What needs only the database works meanwhile.
-        assert (await client.get("/v1/projects")).status_code == 401
+        # What needs only the database works meanwhile: the token is looked up there.
+        projects = await client.get("/v1/projects", headers={"Authorization": f"Bearer {admin}"})
+        assert projects.status_code == 200, projects.text
 
 
 @pytest.mark.postgres
@@ -65,7 +59,7 @@ async def test_the_registry_starts_with_the_database_down_and_answers_503(
         data_dir=tmp_path,
         database_url=SecretStr(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/x"),
     )
-    async with serving(registry_app(settings)) as client:
+    async with in_process(registry_app(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 503
@@ -85,10 +79,11 @@ async def test_replicas_starting_together_apply_the_migrations_once() -> None:
         engines = [create_engine(url) for _ in range(4)]
         try:
             migrations = (upgrade(e, REGISTRY_MIGRATIONS) for e in engines)
-            await asyncio.wait_for(asyncio.gather(*migrations), 30)
+            await asyncio.wait_for(asyncio.gather(*migrations), 30)  # none failed
             async with engines[0].connect() as connection:
-                versions = await connection.execute(text("SELECT count(*) FROM alembic_version"))
-                assert versions.scalar_one() == 1
+                version = await connection.execute(text("SELECT version_num FROM alembic_version"))
+                head = ScriptDirectory(str(REGISTRY_MIGRATIONS)).get_current_head()
+                assert version.scalar_one() == head
         finally:
             for engine in engines:
                 await engine.dispose()
@@ -101,10 +96,23 @@ async def test_a_replica_waits_for_the_one_migrating_an_sqlite_database(tmp_path
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another replica is migrating
         waiting = asyncio.create_task(upgrade(engine, REGISTRY_MIGRATIONS))
+        # Long enough for several looks at the lock. A migrator that ignored the lock
+        # would be done by now or, if slow, would hold a connection to the database.
         await asyncio.sleep(0.2)
         assert not waiting.done()
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.checkedout() == 0  # it never opened the database
+        assert "alembic_version" not in tables_of(database)
         fcntl.flock(lock, fcntl.LOCK_UN)
         await asyncio.wait_for(waiting, 30)
+        assert "alembic_version" in tables_of(database)
     finally:
         os.close(lock)
         await engine.dispose()
+
+
+def tables_of(database: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
